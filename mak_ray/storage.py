@@ -1,0 +1,195 @@
+"""One place for URIs: local paths and ``s3://bucket/prefix``, both through ``pyarrow.fs``.
+
+S3 settings come from the standard AWS chain (environment, profile, instance role / IRSA) plus
+``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) for S3-compatible stores such as MinIO or moto.
+Credentials are never logged: only the endpoint and region are. Writes are atomic: local files are
+written beside their target and renamed; an S3 PUT only becomes visible when it completes.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import os
+import posixpath
+import uuid
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+S3_RETRY_ATTEMPTS = 10
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+@functools.lru_cache(maxsize=8)
+def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
+    kwargs: dict[str, Any] = {
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_RETRY_ATTEMPTS),
+        "connect_timeout": 10,
+        "request_timeout": 60,
+    }
+    if region:
+        kwargs["region"] = region
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+    log.debug("S3 filesystem: endpoint=%s region=%s", endpoint or "<aws default>", region or "<default>")
+    return pafs.S3FileSystem(**kwargs)
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """The S3 filesystem for the current environment (cached per endpoint/region)."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return _s3(_endpoint(), region)
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Return ``(filesystem, path inside it)`` for a local path or an ``s3://`` URI."""
+    if is_s3(uri):
+        rest = uri[len("s3://") :]
+        if not rest or rest.startswith("/"):
+            raise ValueError(f"bad S3 URI {uri!r}: expected s3://bucket/key")
+        return s3_filesystem(), rest.rstrip("/")
+    if "://" in uri and not uri.startswith("file://"):
+        raise ValueError(f"unsupported URI scheme in {uri!r}: use a local path or s3://bucket/prefix")
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def _to_uri(uri_like: str, path: str) -> str:
+    return f"s3://{path}" if is_s3(uri_like) else path
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts; each part must stay inside ``uri`` (no '..', no absolute parts)."""
+    out = uri.rstrip("/")
+    for part in parts:
+        part = str(part)
+        if part.startswith("/") or ".." in part.split("/"):
+            raise ValueError(f"path part {part!r} would escape {uri!r}")
+        out = posixpath.join(out, part) if out else part
+    return out
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
+    """All files under ``uri`` (recursive, sorted), as full URIs; hidden and temp files are skipped."""
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no such file or prefix: {uri}")
+    if info.type == pafs.FileType.File:
+        infos = [info]
+    else:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    out = []
+    for fi in infos:
+        if fi.type != pafs.FileType.File:
+            continue
+        base = posixpath.basename(fi.path)
+        if base.startswith(".") or base.startswith("_"):
+            continue
+        if suffixes and not base.lower().endswith(tuple(s.lower() for s in suffixes)):
+            continue
+        out.append(_to_uri(uri, fi.path))
+    return sorted(out)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def _atomic_local_target(path: str) -> str:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole object atomically: readers see the old object or the new one, never a part."""
+    fs, path = filesystem(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = _atomic_local_target(path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_text(uri))
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_text(uri, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """Read one Parquet file or a directory of them (recursively) into a table."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        files = [filesystem(u)[1] for u in list_files(uri, (".parquet",))]
+        if not files:
+            raise FileNotFoundError(f"no Parquet files under {uri}")
+        return pa.concat_tables(
+            [pq.read_table(p, columns=columns, filesystem=fs) for p in files], promote_options="default"
+        )
+    return pq.read_table(path, columns=columns, filesystem=fs)
+
+
+def write_parquet(table: pa.Table, uri: str) -> None:
+    """Write a table to one Parquet object, atomically."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    write_bytes(uri, buf.getvalue())
+
+
+def delete(uri: str) -> None:
+    """Delete a file or a whole prefix; missing is fine."""
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+    elif is_s3(uri):
+        try:
+            fs.delete_dir_contents(path, missing_dir_ok=True)
+        except OSError:
+            pass
