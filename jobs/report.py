@@ -1,0 +1,6 @@
+"""Ray job entrypoint: `python -m jobs.report --config FILE [key=value ...]` (see cluster/README.md)."""
+
+from jobs._entry import run
+
+if __name__ == "__main__":
+    run("report")

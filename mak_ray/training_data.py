@@ -1,0 +1,59 @@
+"""The Ray Dataset that SimCLR (pre)training streams: the target set, plus selected pool images for retraining.
+
+Selected pool images are read back from the pool itself (only the shards that hold them, found through the
+score output's ``shard`` column), so retraining sees exactly the bytes that were scored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow.compute as pc
+
+from mak_ray import storage
+from mak_ray.config import MakConfig
+
+log = logging.getLogger(__name__)
+
+
+def _keep_ids(ids: frozenset[str]):
+    def keep(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        mask = np.fromiter((str(i) in ids for i in batch["id"]), bool, len(batch["id"]))
+        return {k: v[mask] for k, v in batch.items()}
+
+    return keep
+
+
+def _drop_failed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    mask = np.array([e is None for e in batch["error"]], bool)
+    return {"id": batch["id"][mask], "image": batch["image"][mask]}
+
+
+def shards_holding(cfg: MakConfig, ids: Sequence[str]) -> set[str]:
+    """Pool shard ids that contain ``ids``, from the score output (no pool listing of images needed)."""
+    table = storage.read_parquet(storage.join(cfg.run.output_uri, "score"), columns=["id", "shard"])
+    table = table.filter(pc.is_in(table["id"], value_set=pc.cast(list(ids), table["id"].type)))
+    found = set(table["id"].to_pylist())
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise ValueError(f"{len(missing)} selected ids are not in the score output, e.g. {missing[:3]}")
+    return set(table["shard"].to_pylist())
+
+
+def training_dataset(cfg: MakConfig, target_uri: str, extra_pool_ids: Sequence[str] | None = None):
+    """Rows ``{id, image}`` (uint8 [S, S, 3]) of the target set, plus the given pool ids; failed rows dropped."""
+    from mak_ray.data import image_dataset, plan_shards
+
+    ds = image_dataset(plan_shards(target_uri, cfg.data.format, cfg.data.files_per_shard), cfg.data)
+    if extra_pool_ids:
+        wanted = shards_holding(cfg, extra_pool_ids)
+        pool_shards = [
+            s for s in plan_shards(cfg.data.pool, cfg.data.format, cfg.data.files_per_shard) if s.shard_id in wanted
+        ]
+        extra = image_dataset(pool_shards, cfg.data).map_batches(_keep_ids(frozenset(extra_pool_ids)))
+        ds = ds.union(extra)
+        log.info("training set: target plus %d selected pool images from %d shards", len(extra_pool_ids),
+                 len(pool_shards))
+    return ds.map_batches(_drop_failed)
