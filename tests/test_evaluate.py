@@ -37,8 +37,8 @@ def blobs(n_per_class: int, n_classes: int, dim: int, seed: int, sep: float = 6.
 
 
 def embedding_table(x: np.ndarray, labels: list[str], errors: list[str | None] | None = None,
-                    dtype=pa.float16()) -> pa.Table:
-    flat = pa.array(x.reshape(-1), type=dtype)
+                    dtype: pa.DataType | None = None) -> pa.Table:
+    flat = pa.array(x.reshape(-1), type=dtype or pa.float16())
     emb = pa.FixedSizeListArray.from_arrays(flat, x.shape[1])
     n = len(labels)
     return pa.table({
@@ -61,9 +61,9 @@ def test_linear_probe_separable_and_deterministic():
     acc = float(np.mean(predict(m1, xt) == yt))
     assert acc > 0.95, acc
     m2 = fit_linear(x, y, 5, FAST, seed=3)
-    assert torch.equal(m1.linear.weight, m2.linear.weight)
+    assert torch.equal(m1.weight, m2.weight)
     m3 = fit_linear(x, y, 5, FAST, seed=4)
-    assert not torch.equal(m1.linear.weight, m3.linear.weight), "batch order should depend on the seed"
+    assert not torch.equal(m1.weight, m3.weight), "batch order should depend on the seed"
 
 
 def test_linear_probe_rejects_bad_input():
@@ -179,7 +179,7 @@ def test_evaluate_features_end_to_end():
     json.dumps(res)  # JSON-able
     assert res["n_train"] == 359 and res["n_test"] == 180
     assert res["dropped_errors"] == {"train": 1, "test": 0, "total": 1}
-    assert res["n_few_shot"] == 6 * 6 - 1 + 1  # floor(0.1 * 60) per class; the class with the dropped row has 59 -> 5
+    assert res["n_few_shot"] == 5 * 6 + 5  # floor(0.1 * 60) = 6 per class; the class with the dropped row: 59 -> 5
     assert res["groups"]["assignment"] == {"c0": "many", "c1": "many", "c2": "medium", "c3": "medium",
                                            "c4": "few", "c5": "few"}
     assert res["full"]["top1"] > 0.95
@@ -188,6 +188,17 @@ def test_evaluate_features_end_to_end():
     for setting in ("full", "few_shot"):
         assert set(res[setting]["groups"]) == {"many", "medium", "few"}
         assert res[setting]["group_classes"] == {"many": 2, "medium": 2, "few": 2}
+
+
+def test_unseen_and_untargeted_classes_are_reported():
+    x, y = blobs(10, 3, 4, seed=0)
+    train = embedding_table(x[y < 2], [f"c{i}" for i in y[y < 2]])
+    test = embedding_table(x, [f"c{i}" for i in y])  # c2 is absent from train and from the target counts
+    res = evaluate_features(train, test, {"c0": 200, "c1": 50}, EvalSection(epochs=3, few_shot=1), seed=0)
+    assert res["unseen_test_classes"] == ["c2"]
+    assert res["groups"]["missing_from_target"] == ["c2"]
+    assert res["groups"]["assignment"] == {"c0": "many", "c1": "medium", "c2": "few"}
+    assert res["full"]["per_class"]["c2"] == 0.0 and res["full"]["groups"]["few"] == 0.0
 
 
 def test_markdown_table_compares_runs():

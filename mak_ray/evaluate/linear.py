@@ -34,12 +34,16 @@ class LinearProbe(nn.Module):
         super().__init__()
         self.register_buffer("mean", mean.clone())
         self.register_buffer("std", std.clone())
-        self.linear = nn.Linear(mean.numel(), n_classes)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
+        # Zero init (not nn.Linear's random init, which would draw from the global RNG).
+        self.weight = nn.Parameter(torch.zeros(n_classes, mean.numel()))
+        self.bias = nn.Parameter(torch.zeros(n_classes))
+
+    @property
+    def n_classes(self) -> int:
+        return self.weight.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear((x - self.mean) / self.std)
+        return F.linear((x - self.mean) / self.std, self.weight, self.bias)
 
 
 def _as_features(x: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
@@ -77,8 +81,8 @@ def fit_linear(
     model = LinearProbe(mean, std, n_classes).to(device)
     opt = torch.optim.SGD(
         [
-            {"params": [model.linear.weight], "weight_decay": cfg.weight_decay},
-            {"params": [model.linear.bias], "weight_decay": 0.0},
+            {"params": [model.weight], "weight_decay": cfg.weight_decay},
+            {"params": [model.bias], "weight_decay": 0.0},
         ],
         lr=cfg.lr,
         momentum=MOMENTUM,
@@ -100,7 +104,7 @@ def fit_linear(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            epoch_loss += float(loss) * len(idx)
+            epoch_loss += float(loss.detach()) * len(idx)
             step += 1
         if time.monotonic() - last_log > LOG_EVERY_S or epoch == cfg.epochs - 1:
             log.info("linear probe epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, epoch_loss / n)
@@ -116,7 +120,7 @@ def predict_logits(model: LinearProbe, x: np.ndarray | torch.Tensor, batch_size:
     xt = _as_features(x, device)
     model.eval()
     parts = [model(xt[i : i + batch_size]) for i in range(0, xt.shape[0], batch_size)]
-    return torch.cat(parts) if parts else torch.zeros(0, model.linear.out_features, device=device)
+    return torch.cat(parts) if parts else torch.zeros(0, model.n_classes, device=device)
 
 
 def predict(model: LinearProbe, x: np.ndarray | torch.Tensor, batch_size: int = 8192) -> np.ndarray:

@@ -65,6 +65,8 @@ def features_from_table(table: pa.Table) -> Features:
         dim = 0
     values = emb.flatten().to_numpy(zero_copy_only=False)
     x = np.asarray(values, dtype=np.float32).reshape(n, dim)
+    if not x.flags.writeable:  # zero-copy Arrow buffers are read-only; torch wants writable arrays
+        x = x.copy()
     ids = np.asarray(table.column("id").to_pylist(), dtype=object)
     labels = np.asarray([str(v) for v in table.column("label").to_pylist()], dtype=object)
     return Features(ids=ids, labels=labels, x=x, dropped_errors=dropped)
