@@ -15,7 +15,9 @@ def tail_order(n_classes: int, seed: int) -> list[int]:
     return [int(c) for c in np.random.default_rng(seed).permutation(n_classes)]
 
 
-def long_tail_counts(n_max: int, n_classes: int, imbalance_ratio: float = 100, seed: int = 0) -> dict[int, int]:
+def long_tail_counts(
+    n_max: int, n_classes: int, imbalance_ratio: float = 100, seed: int = 0
+) -> dict[int, int]:
     """``{class id: count}`` following ``n_max * ratio^(-rank/(C-1))``, rounded, at least 1 per class."""
     if n_max < 1:
         raise ValueError(f"n_max must be >= 1, got {n_max}")

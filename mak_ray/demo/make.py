@@ -120,7 +120,9 @@ def _pool_sizes(preset: DemoPreset, remaining: int) -> tuple[int, int]:
         n_ood = int(round(preset.pool_size * preset.ood_fraction))
         n_in = preset.pool_size - n_ood
     if n_in > remaining:
-        raise ValueError(f"pool needs {n_in} in-distribution images but only {remaining} remain after the target")
+        raise ValueError(
+            f"pool needs {n_in} in-distribution images but only {remaining} remain after the target"
+        )
     return n_in, n_ood
 
 
@@ -128,15 +130,26 @@ def _load_source(preset: DemoPreset, data_dir: str | None, seed: int) -> dict[st
     if preset.synthetic:
         train_x, train_y = make_synthetic(preset.synthetic_train_per_class, preset.image_size, seed)
         test_x, test_y = make_synthetic(preset.synthetic_test_per_class, preset.image_size, seed + 1_000_003)
-        return {"name": "synthetic", "classes": SYNTHETIC_CLASSES, "train": (train_x, train_y), "test": (test_x, test_y)}
+        return {
+            "name": "synthetic",
+            "classes": SYNTHETIC_CLASSES,
+            "train": (train_x, train_y),
+            "test": (test_x, test_y),
+        }
     train = fashion_mnist.load_split("train", data_dir)
     test = fashion_mnist.load_split("test", data_dir)
-    log.info("Fashion-MNIST from %s: %d train, %d test images", data_dir or fashion_mnist.DEFAULT_DATA_DIR,
-             len(train[1]), len(test[1]))
+    log.info(
+        "Fashion-MNIST from %s: %d train, %d test images",
+        data_dir or fashion_mnist.DEFAULT_DATA_DIR,
+        len(train[1]),
+        len(test[1]),
+    )
     return {"name": "fashion-mnist", "classes": fashion_mnist.CLASS_NAMES, "train": train, "test": test}
 
 
-def _write_parquet_shards(uri: str, ids: list[str], images: list[np.ndarray], labels: list[str], shard_rows: int) -> int:
+def _write_parquet_shards(
+    uri: str, ids: list[str], images: list[np.ndarray], labels: list[str], shard_rows: int
+) -> int:
     shards = max(1, math.ceil(len(ids) / shard_rows))
     for s in range(shards):
         lo, hi = s * shard_rows, min(len(ids), (s + 1) * shard_rows)
@@ -164,7 +177,11 @@ def _write_target_pngs(uri: str, ids: list[str], images: np.ndarray, labels: lis
 
 
 def _same_request(manifest: dict[str, Any], preset_name: str, preset: DemoPreset, seed: int) -> bool:
-    return manifest.get("preset") == preset_name and manifest.get("seed") == seed and manifest.get("settings") == asdict(preset)
+    return (
+        manifest.get("preset") == preset_name
+        and manifest.get("seed") == seed
+        and manifest.get("settings") == asdict(preset)
+    )
 
 
 def make_demo_data(
@@ -189,7 +206,9 @@ def make_demo_data(
     if not overwrite and storage.exists(manifest_uri):
         old = storage.read_json(manifest_uri)
         if _same_request(old, preset, p, seed):
-            log.info("demo data already complete in %s (preset %s, seed %d): reusing it", out_dir, preset, seed)
+            log.info(
+                "demo data already complete in %s (preset %s, seed %d): reusing it", out_dir, preset, seed
+            )
             return old
         raise FileExistsError(
             f"{out_dir} already holds demo data with other settings (preset {old.get('preset')!r}, "
@@ -224,7 +243,9 @@ def make_demo_data(
     pool_ids = [pool_ids[k] for k in order]
     pool_images = [pool_images[k] for k in order]
     pool_labels = [pool_labels[k] for k in order]
-    pool_shards = _write_parquet_shards(storage.join(out_dir, "pool"), pool_ids, pool_images, pool_labels, p.shard_rows)
+    pool_shards = _write_parquet_shards(
+        storage.join(out_dir, "pool"), pool_ids, pool_images, pool_labels, p.shard_rows
+    )
 
     # balanced labelled eval sets
     ev_tr = balanced_subset(train_y, p.eval_train_per_class, seed + 3)
@@ -274,13 +295,21 @@ def make_demo_data(
             "eval_test": int(len(ev_te)),
         },
         "suggested_budget": max(1, int(round(p.budget_fraction * len(target_ids)))),
-        "paths": {name: storage.join(out_dir, name) for name in ("target", "pool", "eval_train", "eval_test")},
+        "paths": {
+            name: storage.join(out_dir, name) for name in ("target", "pool", "eval_train", "eval_test")
+        },
     }
     storage.write_json(manifest_uri, manifest)
     log.info(
         "demo %s: target %d images (%s), pool %d (%d OOD), eval_train %d, eval_test %d -> %s",
-        preset, len(target_ids), ", ".join(f"{k}={v}" for k, v in manifest["counts"]["target"].items()),
-        len(pool_ids), n_ood, len(ev_tr), len(ev_te), out_dir,
+        preset,
+        len(target_ids),
+        ", ".join(f"{k}={v}" for k, v in manifest["counts"]["target"].items()),
+        len(pool_ids),
+        n_ood,
+        len(ev_tr),
+        len(ev_te),
+        out_dir,
     )
     return manifest
 
@@ -289,15 +318,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mak_ray.demo.make", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder or s3:// prefix")
     parser.add_argument("--preset", default="small", choices=sorted(PRESETS))
-    parser.add_argument("--data-dir", default=None,
-                        help=f"folder with the Fashion-MNIST IDX files (default {fashion_mnist.DEFAULT_DATA_DIR})")
-    parser.add_argument("--synthetic", action="store_true", help="generate the classes instead of Fashion-MNIST")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help=f"folder with the Fashion-MNIST IDX files (default {fashion_mnist.DEFAULT_DATA_DIR})",
+    )
+    parser.add_argument(
+        "--synthetic", action="store_true", help="generate the classes instead of Fashion-MNIST"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace existing demo data in --out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        manifest = make_demo_data(args.out, args.preset, args.data_dir, args.seed, args.synthetic, args.overwrite)
+        manifest = make_demo_data(
+            args.out, args.preset, args.data_dir, args.seed, args.synthetic, args.overwrite
+        )
     except fashion_mnist.FashionMnistMissing as e:
         log.error("%s", e)
         return 2

@@ -42,7 +42,9 @@ def texture(rng: np.random.Generator, size: int) -> np.ndarray:
         theta = rng.uniform(0, np.pi)
         freq = rng.uniform(2, 8)
         phase = rng.uniform(0, 2 * np.pi)
-        out += rng.uniform(0.2, 0.6) * np.sin(2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + phase)
+        out += rng.uniform(0.2, 0.6) * np.sin(
+            2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + phase
+        )
     return _to_uint8(out)
 
 
