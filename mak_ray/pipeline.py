@@ -81,12 +81,13 @@ def stage_pretrain(cfg: MakConfig) -> str:
 def stage_embed_target(cfg: MakConfig) -> str:
     import numpy as np
 
-    from mak_ray.score import embed_images, load_valid_embeddings
+    from mak_ray.score import embed_images
     from mak_ray.select import fit_centroids
+    from mak_ray.selection_stage import load_valid_embeddings
 
     stage_dir = out(cfg, "embed", "target")
     embed_images(cfg.data.target, cfg, pretrained_model_uri(cfg), stage_dir)
-    emb = load_valid_embeddings(stage_dir)
+    emb, _ = load_valid_embeddings(stage_dir)
     if len(emb) < cfg.score.centroids:
         raise ValueError(
             f"the target set has {len(emb)} usable images, fewer than score.centroids={cfg.score.centroids}"
@@ -303,7 +304,7 @@ def run_demo(
 
     data_out = data_out or f"demo-data/{preset}"
     output = output or f"runs/demo-{preset}"
-    path = config_path or repo_config(f"demo-{preset}")
+    path = config_path or repo_config(f"demo-{preset}") or repo_config(preset)
     data = yaml.safe_load(Path(path).read_text()) if path else {}
     info = make_demo_data(data_out, preset, data_dir=data_dir, synthetic=synthetic)
     paths = info["paths"]
@@ -315,6 +316,7 @@ def run_demo(
             f"data.eval_train={paths['eval_train']}",
             f"data.eval_test={paths['eval_test']}",
             f"run.output_uri={output}",
+            f"select.budget={info['suggested_budget']}",
         ]
         + list(overrides or []),
     )

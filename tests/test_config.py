@@ -73,3 +73,12 @@ def test_dump_round_trips(tmp_path):
     cfg = load_config(None, ["select.budget=12", "run.ray_address=auto"])
     p = write(tmp_path, dump_config(cfg))
     assert load_config(p) == cfg
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(files) >= 3
+    for f in files:
+        load_config(f)
