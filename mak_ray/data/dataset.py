@@ -1,0 +1,137 @@
+"""Shards -> a Ray Dataset of decoded rows, one read task per shard, errors captured per row.
+
+``ray.data.read_images`` aborts the whole job on one corrupt file, so bytes are read and decoded here, in
+``map_batches`` over a tiny dataset of shard descriptions. Each shard streams out in batches of rows:
+
+    id (str), image (uint8 [S, S, 3]; zeros when the row failed), label (str | None),
+    error (str | None), shard (str), row (int64: position within the shard),
+    shard_rows (int64: the shard's row count on its last row, 0 on every other row)
+
+The shard's row count is only known once it has been read to the end (tar shards carry no index), so only
+the last row carries it; consumers learn a shard is complete when the rows they have seen add up to it.
+
+Ids are de-duplicated within a shard: the second and later rows with an id already seen in that shard are
+failed rows with ``error = "duplicate_id"`` (their bytes are not decoded). Across shards, ids made from
+URIs cannot collide; Parquet ids from different files are not checked against each other.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mak_ray.config import DataSection
+from mak_ray.data.decode import decode_image
+from mak_ray.data.readers import Record, iter_records
+from mak_ray.data.sources import Shard
+
+OUTPUT_BATCH_BYTES = 32 * 1024 * 1024  # decoded images per yielded batch, so a batch never grows with the shard
+MAX_READ_BLOCKS = 4096  # more shards than this share read tasks (sequentially), keeping driver metadata small
+
+DUPLICATE_ID = "duplicate_id"
+
+
+def _with_last(it: Iterator[Record]) -> Iterator[tuple[Record, bool]]:
+    prev = next(it, None)
+    while prev is not None:
+        cur = next(it, None)
+        yield prev, cur is None
+        prev = cur
+
+
+def to_arrow(cols: dict[str, Any]) -> pa.Table:
+    """A typed Arrow batch: lists of str/None become string columns, n-d arrays Ray tensor columns.
+
+    Returning numpy object arrays instead would let Ray type an all-None ``error`` column as null, which
+    comes back as float NaN; typed string columns come back as None, whatever the batch holds.
+    """
+    from ray.data.extensions import ArrowTensorArray
+
+    arrays = {}
+    for name, v in cols.items():
+        if isinstance(v, np.ndarray) and v.ndim > 1:
+            arrays[name] = ArrowTensorArray.from_numpy(np.ascontiguousarray(v))
+        elif isinstance(v, np.ndarray) and v.dtype != object:
+            arrays[name] = pa.array(v)
+        else:
+            arrays[name] = pa.array([None if x is None else str(x) for x in v], pa.string())
+    return pa.table(arrays)
+
+
+def read_shard(shard: Shard, data: DataSection, batch_rows: int | None = None) -> Iterator[pa.Table]:
+    """Decoded batches of one shard (see the module docstring for the columns)."""
+    size = data.image_size
+    if batch_rows is None:
+        batch_rows = max(1, min(1024, OUTPUT_BATCH_BYTES // (size * size * 3)))
+    seen: set[str] = set()
+    ids: list[str] = []
+    labels: list[str | None] = []
+    errors: list[str | None] = []
+    images = np.zeros((batch_rows, size, size, 3), dtype=np.uint8)
+    row = 0
+    first_row = 0
+    total = 0
+
+    def flush() -> dict[str, np.ndarray]:
+        n = len(ids)
+        shard_rows = np.zeros(n, dtype=np.int64)
+        if total:
+            shard_rows[-1] = total
+        out = to_arrow({
+            "id": ids,
+            "image": images[:n].copy(),
+            "label": labels,
+            "error": errors,
+            "shard": [shard.shard_id] * n,
+            "row": np.arange(first_row, first_row + n, dtype=np.int64),
+            "shard_rows": shard_rows,
+        })
+        ids.clear(), labels.clear(), errors.clear()
+        images[:] = 0
+        return out
+
+    for rec, last in _with_last(iter_records(shard, data)):
+        i = len(ids)
+        err = rec.error
+        if rec.id in seen:
+            err = DUPLICATE_ID
+        seen.add(rec.id)
+        if err is None:
+            arr, err = decode_image(rec.data or b"", size, data.max_pixels)
+            if arr is not None:
+                images[i] = arr
+        ids.append(rec.id)
+        labels.append(rec.label)
+        errors.append(err)
+        row += 1
+        if last:
+            total = row
+        if len(ids) == batch_rows or last:
+            yield flush()
+            first_row = row
+
+
+def _read_shards(batch: dict[str, np.ndarray], data: dict) -> Iterator[pa.Table]:
+    section = DataSection(**data)
+    for text in batch["shard"]:
+        yield from read_shard(Shard.from_dict(json.loads(str(text))), section)
+
+
+def image_dataset(shards: list[Shard], data: DataSection):
+    """A lazy Ray Dataset of decoded rows over ``shards``; nothing is read until it is consumed."""
+    import dataclasses
+
+    import ray
+
+    items = [{"shard": json.dumps(s.to_dict())} for s in shards]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_READ_BLOCKS)))
+    return ds.map_batches(
+        _read_shards,
+        batch_size=1,
+        fn_kwargs={"data": dataclasses.asdict(data)},
+        num_cpus=1,
+    )

@@ -1,0 +1,185 @@
+"""Raw records (id, bytes, label, error) from one shard, never raising for a bad object.
+
+Every storage access goes through :mod:`mak_ray.storage` (pyarrow filesystems, S3 retries with backoff).
+A per-object failure (403, an object deleted between listing and reading) becomes a record with
+``error = "read_error:<short reason>"``; a tar or Parquet file that cannot be opened becomes one record whose
+id is the file's URI. Ids come from pool data, so they are made valid UTF-8 (undecodable bytes escaped as
+``\\xNN``, which keeps distinct keys distinct) and are never used to build a path.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mak_ray import storage
+from mak_ray.config import DataSection
+from mak_ray.data.sources import IMAGE_SUFFIXES, Shard
+
+log = logging.getLogger(__name__)
+
+FETCH_THREADS = 16  # object-store latency, not bandwidth, bounds small-file reads: overlap them
+PARQUET_BATCH_ROWS = 256
+
+
+@dataclass
+class Record:
+    id: str
+    data: bytes | None
+    label: str | None
+    error: str | None
+
+
+def safe_text(s: str) -> str:
+    """Valid UTF-8 text for an id or label taken from pool data (lone surrogates -> ``\\xNN``)."""
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def read_error(exc: BaseException) -> str:
+    """``read_error:<short>``: not_found, access_denied, or the exception type (no message: it may hold URLs)."""
+    msg = str(exc).lower()
+    if isinstance(exc, FileNotFoundError) or "nosuchkey" in msg or "not found" in msg or "404" in msg:
+        short = "not_found"
+    elif isinstance(exc, PermissionError) or "access_denied" in msg or "accessdenied" in msg or "403" in msg:
+        short = "access_denied"
+    else:
+        short = type(exc).__name__
+    return f"read_error:{short}"
+
+
+def iter_records(shard: Shard, data: DataSection) -> Iterator[Record]:
+    if shard.kind == "files":
+        yield from _iter_files(shard)
+    elif shard.kind == "tar":
+        for path in shard.paths:
+            yield from _iter_tar(path)
+    elif shard.kind == "parquet":
+        for path in shard.paths:
+            yield from _iter_parquet(path, data)
+    else:
+        raise ValueError(f"unknown shard kind {shard.kind!r}")
+
+
+def _fetch(uri: str) -> tuple[bytes | None, str | None]:
+    try:
+        return storage.read_bytes(uri), None
+    except Exception as exc:  # noqa: BLE001 - one unreadable object is one failed row
+        return None, read_error(exc)
+
+
+def _iter_files(shard: Shard) -> Iterator[Record]:
+    labels = shard.labels or [None] * len(shard.paths)
+    with cf.ThreadPoolExecutor(max_workers=min(FETCH_THREADS, max(1, len(shard.paths)))) as pool:
+        # map() keeps order and runs ahead of the consumer; chunks bound how many bytes are held at once
+        for start in range(0, len(shard.paths), 4 * FETCH_THREADS):
+            chunk = shard.paths[start : start + 4 * FETCH_THREADS]
+            for uri, label, (data, err) in zip(chunk, labels[start:], pool.map(_fetch, chunk)):
+                yield Record(safe_text(uri), data, label, err)
+
+
+def _split_key(name: str) -> tuple[str, str]:
+    """WebDataset convention: key = path up to the first dot of the basename; the rest is the extension."""
+    d, base = posixpath.split(name)
+    stem, _, ext = base.partition(".")
+    return posixpath.join(d, stem) if d else stem, ext.lower()
+
+
+def _sample_record(tar_uri: str, key: str, members: dict[str, bytes]) -> Record:
+    rid = f"{tar_uri}#{safe_text(key)}"
+    image = next((members[e] for e in members if "." + e.rsplit(".", 1)[-1] in IMAGE_SUFFIXES), None)
+    label = None
+    for ext in ("cls", "label", "txt"):
+        if ext in members:
+            label = safe_text(members[ext].decode("utf-8", "surrogateescape").strip()) or None
+            break
+    if image is None:
+        return Record(rid, None, label, "no_image")
+    return Record(rid, image, label, None)
+
+
+def _iter_tar(uri: str) -> Iterator[Record]:
+    """Stream a tar sequentially (no seeks: one GET on S3), grouping consecutive members by key."""
+    fs, path = storage.filesystem(uri)
+    try:
+        stream = fs.open_input_stream(path)
+    except Exception as exc:  # noqa: BLE001
+        yield Record(safe_text(uri), None, None, read_error(exc))
+        return
+    key: str | None = None
+    members: dict[str, bytes] = {}
+    n = 0
+    try:
+        with stream, tarfile.open(fileobj=stream, mode="r|*", encoding="utf-8", errors="surrogateescape") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                k, ext = _split_key(info.name)
+                if posixpath.basename(k).startswith((".", "_")) or not ext:
+                    continue
+                if k != key and key is not None:
+                    yield _sample_record(uri, key, members)
+                    n += 1
+                    members = {}
+                key = k
+                f = tar.extractfile(info)
+                members[ext] = f.read() if f is not None else b""
+        if key is not None:
+            yield _sample_record(uri, key, members)
+            n += 1
+    except Exception as exc:  # noqa: BLE001 - an unreadable or truncated tar: one failed row for the file
+        reason = "corrupt_tar" if isinstance(exc, tarfile.TarError) else read_error(exc)
+        if n == 0 and key is None:
+            yield Record(safe_text(uri), None, None, reason)
+        else:
+            log.warning("%s: tar stream failed after %d samples (%s); the rest of the file is lost", uri, n, reason)
+            yield Record(f"{safe_text(uri)}#<after {n} samples>", None, None, reason)
+
+
+def _image_bytes(value: object) -> bytes | None:
+    """Binary cell, or a ``{"bytes": ...}`` struct (Hugging Face ``Image`` feature)."""
+    if isinstance(value, dict):
+        value = value.get("bytes")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    return None
+
+
+def _iter_parquet(uri: str, data: DataSection) -> Iterator[Record]:
+    fs, path = storage.filesystem(uri)
+    try:
+        pf = pq.ParquetFile(fs.open_input_file(path))
+        names = set(pf.schema_arrow.names)
+    except Exception as exc:  # noqa: BLE001
+        reason = "corrupt_parquet" if isinstance(exc, (pa.ArrowInvalid,)) else read_error(exc)
+        yield Record(safe_text(uri), None, None, reason)
+        return
+    for col in (data.id_column, data.image_column):
+        if col not in names:
+            yield Record(safe_text(uri), None, None, f"missing_column:{col}")
+            return
+    columns = [data.id_column, data.image_column] + ([data.label_column] if data.label_column in names else [])
+    row = 0
+    try:
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+            ids = batch.column(data.id_column).to_pylist()
+            images = batch.column(data.image_column).to_pylist()
+            labels = batch.column(data.label_column).to_pylist() if len(columns) == 3 else [None] * len(ids)
+            for rid, img, label in zip(ids, images, labels):
+                label = None if label is None else safe_text(str(label))
+                if rid is None or str(rid) == "":
+                    yield Record(f"{safe_text(uri)}#row={row}", None, label, "missing_id")
+                else:
+                    b = _image_bytes(img)
+                    yield Record(safe_text(str(rid)), b, label, None if b is not None else "missing_image")
+                row += 1
+    except Exception as exc:  # noqa: BLE001
+        reason = "corrupt_parquet" if isinstance(exc, (pa.ArrowInvalid, OSError)) else read_error(exc)
+        log.warning("%s: Parquet read failed after %d rows (%s)", uri, row, reason)
+        yield Record(f"{safe_text(uri)}#<after {row} rows>", None, None, reason)

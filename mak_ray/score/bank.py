@@ -1,0 +1,132 @@
+"""The negative bank for ECLE: R seeded views' projections of a uniform random sample of the pool.
+
+Computed once per run with the same model and augmentations as scoring, written to ``{out}/bank.npy`` and
+reused on rerun (so a resumed run scores against the same negatives), then shared with the actors through
+the object store.
+
+Sampling: for image-file pools the sample is exactly uniform over files (chosen from the listing, no reads).
+Tar and Parquet pools carry no cheap row index, so a uniform random subset of up to ``BANK_SHARDS`` shards is
+read and a uniform sample of their usable rows is taken (a two-stage sample, uniform in expectation).
+Rows that fail to decode are skipped; a few extra candidates are drawn to make up for them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from dataclasses import asdict
+
+import numpy as np
+
+from mak_ray import storage
+from mak_ray.config import MakConfig
+from mak_ray.data import Shard, image_dataset
+
+log = logging.getLogger(__name__)
+
+BANK_SHARDS = 32
+BANK_FILE = "bank.npy"
+_CANDIDATES_PER_SHARD = 256
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, 0xBA4C]))
+
+
+def _priority(seed: int, ids: list[str]) -> np.ndarray:
+    """A per-id pseudo-random priority: the bank is the usable rows of lowest priority (a seeded uniform sample)."""
+    from mak_ray.select.ecle import keys_to_u64
+
+    return keys_to_u64([f"{seed}:bank:{i}" for i in ids], len(ids))
+
+
+def _candidate_shards(cfg: MakConfig, shards: list[Shard], want: int) -> tuple[list[Shard], set[str] | None]:
+    """Shards to read for the bank, and (tar/Parquet) the set of ids to keep from them (None: keep all)."""
+    rng = _rng(cfg.run.seed)
+    if all(s.kind == "files" for s in shards):
+        paths = [(p, (s.labels or [None] * len(s.paths))[i]) for s in shards for i, p in enumerate(s.paths)]
+        chosen = sorted(rng.choice(len(paths), size=min(want, len(paths)), replace=False).tolist())
+        picked = [paths[i] for i in chosen]
+        out = []
+        for j in range(0, len(picked), _CANDIDATES_PER_SHARD):
+            part = picked[j : j + _CANDIDATES_PER_SHARD]
+            out.append(Shard(f"bank-{j // _CANDIDATES_PER_SHARD:05d}", "files", [p for p, _ in part],
+                             [lab for _, lab in part]))
+        return out, None
+    order = rng.permutation(len(shards))[:BANK_SHARDS]
+    subset = [shards[i] for i in sorted(order.tolist())]
+    ids_ds = image_dataset(subset, cfg.data).map_batches(lambda b: {"id": b["id"], "error": b["error"]})
+    ids: list[str] = []
+    for batch in ids_ds.iter_batches(batch_size=4096, batch_format="numpy"):
+        ids.extend(str(i) for i, e in zip(batch["id"], batch["error"]) if e is None)
+    ids = sorted(set(ids))
+    pri = _priority(cfg.run.seed, ids)
+    keep = {ids[i] for i in np.argsort(pri, kind="stable")[:want]}
+    return subset, keep
+
+
+def _keep_ids(ids: frozenset[str]):
+    def keep(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        mask = np.fromiter((str(i) in ids for i in batch["id"]), bool, len(batch["id"]))
+        return {k: v[mask] for k, v in batch.items()}
+
+    return keep
+
+
+def compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard]) -> np.ndarray:
+    """``[R, M, D]`` float32 unit projections, M = min(bank_size, usable sampled rows)."""
+    import ray
+
+    from mak_ray.score.scorer import PoolScorer, ScorerParams
+
+    sc = cfg.score
+    want = int(math.ceil(sc.bank_size * 1.1)) + 16  # slack for rows that fail to decode
+    cand, keep = _candidate_shards(cfg, shards, want)
+    ds = image_dataset(cand, cfg.data)
+    if keep is not None:
+        ds = ds.map_batches(_keep_ids(frozenset(keep)))
+    params = ScorerParams(model_uri=model_uri, mode="bank", image_size=cfg.data.image_size, views=sc.views,
+                          seed=cfg.run.seed, use_gpu=sc.gpus_per_actor > 0)
+    ds = ds.map_batches(
+        PoolScorer,
+        fn_constructor_kwargs={"params": asdict(params)},
+        batch_size=sc.batch_size,
+        num_cpus=sc.cpus_per_actor,
+        num_gpus=sc.gpus_per_actor,
+        concurrency=(sc.min_actors, sc.num_actors),
+    )
+    ids: list[str] = []
+    views: list[np.ndarray] = []
+    for batch in ds.iter_batches(batch_size=1024, batch_format="numpy"):
+        ok = np.array([e is None for e in batch["error"]], dtype=bool)
+        ids.extend(str(i) for i in batch["id"][ok])
+        views.append(np.asarray(batch["views"][ok], dtype=np.float32))
+    if not ids:
+        raise ValueError("no usable pool image for the negative bank: every sampled row failed to decode")
+    z = np.concatenate(views)  # [N, R, D]
+    order = np.argsort(_priority(cfg.run.seed, ids), kind="stable")[: sc.bank_size]
+    bank = np.ascontiguousarray(z[order].transpose(1, 0, 2))
+    if bank.shape[1] < sc.bank_size:
+        log.warning("negative bank has %d samples, fewer than score.bank_size=%d (small pool)", bank.shape[1],
+                    sc.bank_size)
+    if bank.shape[1] < 2:
+        raise ValueError(f"the negative bank needs at least 2 usable pool images, got {bank.shape[1]}")
+    return bank
+
+
+def load_or_compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard], out_uri: str) -> np.ndarray:
+    uri = storage.join(out_uri, BANK_FILE)
+    if storage.exists(uri):
+        bank = np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False)
+        if bank.ndim != 3 or bank.shape[0] != cfg.score.views:
+            raise ValueError(f"{uri} has shape {bank.shape}, not [{cfg.score.views}, M, D]: it belongs to another "
+                             "configuration; use a fresh output URI")
+        log.info("reusing negative bank %s %s", uri, bank.shape)
+        return bank
+    bank = compute_bank(cfg, model_uri, shards)
+    buf = io.BytesIO()
+    np.save(buf, bank.astype(np.float32), allow_pickle=False)
+    storage.write_bytes(uri, buf.getvalue())
+    log.info("negative bank %s written to %s", bank.shape, uri)
+    return bank

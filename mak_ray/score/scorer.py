@@ -1,0 +1,183 @@
+"""The scoring actor: a callable class for ``map_batches`` on an actor pool, holding the model once.
+
+Modes
+- ``score``: per valid row, R seeded augmented views -> L2-normalised projections -> ECLE against the negative
+  bank; one clean view -> backbone embedding -> proximity to the target centroids.
+- ``embed``: the clean-view backbone embedding only (target set, evaluation features).
+- ``bank``: the R views' normalised projections ``[R, D]`` per row (to build the negative bank).
+
+Every number depends only on (model, seed, row id, image): views are seeded per id, ECLE draws its negatives
+per id, and the model runs in eval mode, so actor count and batch size do not change results.
+Failed rows (``error`` set) pass through with null scores and a NaN embedding (written as null).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mak_ray.data.dataset import to_arrow
+
+log = logging.getLogger(__name__)
+
+FORWARD_CHUNK = 256  # images per model call: bounds activation memory whatever R * batch_size is
+
+
+@dataclass
+class ScorerParams:
+    model_uri: str
+    mode: str  # "score" | "embed" | "bank"
+    image_size: int
+    views: int = 10
+    seed: int = 0
+    temperature: float = 0.2
+    ecle_batch_size: int = 512
+    ecle_repeats: int = 10
+    use_gpu: bool = False
+    embedding_dtype: str = "float16"
+
+
+def _resolve(x: Any) -> Any:
+    import ray
+
+    return ray.get(x) if isinstance(x, ray.ObjectRef) else x
+
+
+def _text_or_none(v: Any) -> str | None:
+    """None for a missing value, whatever form Ray gave it (None, NaN); else the text."""
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    return str(v)
+
+
+def max_rss_bytes() -> int:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+class PoolScorer:
+    """Loads the model once per actor; ``__call__`` maps a batch of decoded rows to output columns."""
+
+    def __init__(self, params: dict, bank: Any = None, centroids: Any = None) -> None:
+        import torch
+
+        from mak_ray.models import load_model
+
+        self.p = ScorerParams(**params)
+        if self.p.mode not in ("score", "embed", "bank"):
+            raise ValueError(f"unknown scorer mode {self.p.mode!r}")
+        self.device = "cuda" if self.p.use_gpu and torch.cuda.is_available() else "cpu"
+        if self.device == "cpu":
+            torch.set_num_threads(1)  # fractional CPUs per actor: one intra-op thread each, no oversubscription
+        self.model = load_model(self.p.model_uri, device=self.device)
+        self.bank = None if bank is None else np.asarray(_resolve(bank), dtype=np.float32)
+        self.centroids = None if centroids is None else np.asarray(_resolve(centroids), dtype=np.float32)
+        if self.p.mode == "score" and (self.bank is None or self.centroids is None):
+            raise ValueError("score mode needs a negative bank and target centroids")
+        self.ecle_batch_size = self.p.ecle_batch_size
+        if self.bank is not None and self.bank.shape[1] < self.ecle_batch_size - 1:
+            self.ecle_batch_size = self.bank.shape[1] + 1  # a small pool: every bank sample is a negative
+        log.info("scorer (%s) ready on %s, pid %d", self.p.mode, self.device, os.getpid())
+
+    # ------------------------------------------------------------------------------------ model calls
+
+    def _run(self, fn, x) -> np.ndarray:
+        import torch
+
+        outs = []
+        with torch.inference_mode():
+            for s in range(0, x.shape[0], FORWARD_CHUNK):
+                outs.append(fn(x[s : s + FORWARD_CHUNK].to(self.device, non_blocking=True)).float().cpu())
+        return torch.cat(outs).numpy()
+
+    def projections(self, images: np.ndarray, keys: list[str]) -> np.ndarray:
+        """``[R, B, D]`` L2-normalised projections of the seeded views."""
+        from mak_ray.augment import seeded_views
+
+        v = seeded_views(images, keys, self.p.views, self.p.seed, self.p.image_size)
+        r, b = v.shape[:2]
+        z = self._run(self.model, v.reshape(r * b, *v.shape[2:])).reshape(r, b, -1)
+        return z / np.maximum(np.linalg.norm(z, axis=2, keepdims=True), 1e-12)
+
+    def embeddings(self, images: np.ndarray) -> np.ndarray:
+        from mak_ray.augment import clean_batch
+
+        return self._run(self.model.embed, clean_batch(images, self.p.image_size))
+
+    # ------------------------------------------------------------------------------------ batches
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        out = self._columns(batch)
+        return to_arrow(out)
+
+    def _columns(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = len(batch["id"])
+        errors = np.array([_text_or_none(e) for e in batch["error"]], dtype=object)  # rows failing here get a reason
+        idx = np.flatnonzero([e is None for e in errors])
+        images = np.ascontiguousarray(batch["image"][idx])
+        keys = [str(k) for k in batch["id"][idx]]
+        out: dict[str, Any] = {k: batch[k] for k in ("id", "shard", "row", "shard_rows") if k in batch}
+        out["label"] = [_text_or_none(v) for v in batch["label"]]
+        out["error"] = errors
+        if self.p.mode == "bank":
+            z = np.full((n, self.p.views, self._proj_dim()), np.nan, dtype=np.float32)
+            if len(idx):
+                z[idx] = self.projections(images, keys).transpose(1, 0, 2)
+            out["views"] = z
+            return out
+        emb = np.full((n, self.model.feature_dim), np.nan, dtype=np.float32)
+        if len(idx):
+            emb[idx] = self.embeddings(images)
+            v = emb[idx]
+            bad = ~np.isfinite(v).all(axis=1) | ~(np.abs(v) > 0).any(axis=1)
+            idx = self._drop_unusable(idx, bad, errors, "unusable_embedding")
+        if self.p.mode == "score":
+            self._score(batch, idx, emb, errors, out)
+        emb[[e is not None for e in errors]] = np.nan
+        out["embedding"] = emb.astype(self.p.embedding_dtype)
+        out["max_rss"] = np.full(n, max_rss_bytes(), dtype=np.int64)
+        return out
+
+    def _score(self, batch, idx, emb, errors, out) -> None:
+        from mak_ray.select.ecle import ecle
+        from mak_ray.select.proximity import proximity
+
+        n = len(errors)
+        e = np.full(n, np.nan, dtype=np.float32)
+        p = np.full(n, np.nan, dtype=np.float32)
+        if len(idx):
+            images = np.ascontiguousarray(batch["image"][idx])
+            keys = [str(k) for k in batch["id"][idx]]
+            z = self.projections(images, keys)
+            bad = ~np.isfinite(z).all(axis=(0, 2)) | (np.linalg.norm(z, axis=2) == 0).any(axis=0)
+            keep = self._drop_unusable(idx, bad, errors, "unusable_projection")
+            sel = np.isin(idx, keep)
+            idx, z, keys = keep, z[:, sel], [k for k, s in zip(keys, sel) if s]
+        if len(idx):
+            e[idx] = ecle(
+                z,
+                self.bank,
+                temperature=self.p.temperature,
+                batch_size=self.ecle_batch_size,
+                repeats=self.p.ecle_repeats,
+                seed=self.p.seed,
+                keys=keys,
+            )
+            p[idx] = proximity(emb[idx], self.centroids)
+        out["ecle"] = e
+        out["proximity"] = p
+
+    @staticmethod
+    def _drop_unusable(idx: np.ndarray, bad: np.ndarray, errors: np.ndarray, reason: str) -> np.ndarray:
+        """Rows whose model output is non-finite or all zero cannot be normalised: fail them, keep the rest."""
+        for i in idx[bad]:
+            errors[i] = reason
+        return idx[~bad]
+
+    def _proj_dim(self) -> int:
+        return int(self.model.head[-1].out_features)
