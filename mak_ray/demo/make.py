@@ -81,6 +81,8 @@ PRESETS: dict[str, DemoPreset] = {
         ood_fraction=0.13,
         eval_train_per_class=100,
         eval_test_per_class=100,
+        synthetic_train_per_class=1000,  # with --synthetic: 10000 generated images cover target + pool
+        synthetic_test_per_class=100,
     ),
     # one GPU node: target ~2480, pool 20000 (17000 + 3000 OOD), eval 1000 per class, the full test set
     "medium": DemoPreset(
@@ -90,6 +92,7 @@ PRESETS: dict[str, DemoPreset] = {
         ood_fraction=0.15,
         eval_train_per_class=1000,
         eval_test_per_class=None,
+        synthetic_train_per_class=3000,
         shard_rows=2000,
     ),
     # GPU cluster: target ~12400, pool = all ~47600 remaining train images + 15% OOD, full train/test eval sets
