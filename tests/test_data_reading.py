@@ -1,0 +1,140 @@
+"""Decoding and shard reading without Ray: every bad input becomes a failed row with its reason."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from mak_ray.config import DataSection
+from mak_ray.data import DUPLICATE_ID, decode_image, plan_shards, read_shard
+from mak_ray.data.samples import bad_inputs, encode, good_image_bytes, png_header_only
+
+SIZE = 16
+
+
+def rows(shard, data=None):
+    data = data or DataSection(image_size=SIZE, max_pixels=1_000_000)
+    out = []
+    for batch in read_shard(shard, data, batch_rows=5):
+        out.extend(batch.drop_columns(["image"]).to_pylist())
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(bad_inputs()))
+def test_each_awkward_file_decodes_or_fails_with_its_reason(name):
+    data, expected = bad_inputs()[name]
+    arr, reason = decode_image(data, SIZE, 1_000_000)
+    assert reason == expected
+    if expected is None:
+        assert arr.shape == (SIZE, SIZE, 3) and arr.dtype == np.uint8
+    else:
+        assert arr is None
+
+
+def test_colour_modes_keep_their_content():
+    white_rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # fully transparent: composited on white
+    arr, _ = decode_image(encode(white_rgba, "PNG"), SIZE, 10**6)
+    assert arr.min() == 255
+    g16 = Image.fromarray(np.full((8, 8), 65535, np.uint16))  # 16-bit white stays white, not clipped garbage
+    arr, _ = decode_image(encode(g16, "PNG"), SIZE, 10**6)
+    assert arr.min() == 255
+    one = Image.new("RGB", (1, 1), (200, 10, 10))  # 1x1 is upscaled, colour kept
+    arr, _ = decode_image(encode(one, "PNG"), SIZE, 10**6)
+    assert (arr == [200, 10, 10]).all()
+
+
+def test_pixel_limit_is_checked_from_the_header():
+    bomb = png_header_only(3000, 3000)  # 9 Mpx claimed, a few bytes of data
+    assert decode_image(bomb, SIZE, 1_000_000) == (None, "too_many_pixels")
+    big = encode(Image.new("1", (1200, 1000)), "PNG")  # a real 1.2 Mpx image
+    assert decode_image(big, SIZE, 1_000_000) == (None, "too_many_pixels")
+    assert decode_image(big, SIZE, 2_000_000)[1] is None
+
+
+def test_folder_plan_labels_ids_and_read_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(4):
+            (tmp_path / cls / f"{i}.png").write_bytes(good_image_bytes(rng))
+    (tmp_path / "notes.txt").write_text("not listed")
+    shards = plan_shards(str(tmp_path), "auto", files_per_shard=3)
+    assert [len(s.paths) for s in shards] == [3, 3, 2]
+    assert plan_shards(str(tmp_path), "auto", 3) == shards  # stable ids
+    os.remove(tmp_path / "b" / "3.png")  # deleted between listing and reading
+    got = [r for s in shards for r in rows(s)]
+    assert [r["id"] for r in got] == sorted(str(p) for p in tmp_path.glob("*/*.png")) + [str(tmp_path / "b/3.png")]
+    assert [r["label"] for r in got] == ["a"] * 4 + ["b"] * 4
+    assert got[-1]["error"] == "read_error:not_found"
+    assert all(r["error"] is None for r in got[:-1])
+    # the shard's row count rides on its last row only
+    last = rows(shards[0])
+    assert [r["shard_rows"] for r in last] == [0, 0, 3] and [r["row"] for r in last] == [0, 1, 2]
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_tar_shards_group_members_and_survive_bad_samples(tmp_path):
+    rng = np.random.default_rng(1)
+    with tarfile.open(tmp_path / "s0.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        _add(tar, "x/k1.jpg", good_image_bytes(rng, "JPEG"))
+        _add(tar, "x/k1.cls", b"3\n")
+        _add(tar, "x/k2.png", bad_inputs()["truncated.jpg"][0])
+        _add(tar, "x/k3.cls", b"1")  # no image member
+        _add(tar, "x/k1.jpg", good_image_bytes(rng, "JPEG"))  # key seen before: duplicate id
+        _add(tar, "odd\udcff.png", good_image_bytes(rng))  # non-UTF-8 byte in the name
+    (tmp_path / "s1.tar").write_bytes(b"this is not a tar archive" * 40)
+    shards = plan_shards(str(tmp_path), "auto")
+    assert [s.kind for s in shards] == ["tar", "tar"]
+    got = rows(shards[0]) + rows(shards[1])
+    t0 = str(tmp_path / "s0.tar")
+    assert [(r["id"], r["label"], r["error"]) for r in got] == [
+        (f"{t0}#x/k1", "3", None),
+        (f"{t0}#x/k2", None, "corrupt"),
+        (f"{t0}#x/k3", "1", "no_image"),
+        (f"{t0}#x/k1", None, DUPLICATE_ID),
+        (f"{t0}#odd\\xff", None, None),
+        (str(tmp_path / "s1.tar"), None, "corrupt_tar"),
+    ]
+    for r in got:
+        r["id"].encode("utf-8")  # every id is valid UTF-8
+
+
+def test_parquet_shards_columns_nulls_and_broken_files(tmp_path):
+    rng = np.random.default_rng(2)
+    good = [good_image_bytes(rng) for _ in range(3)]
+    pq.write_table(pa.table({"id": ["a", None, "a", "c"], "image": [good[0], good[1], good[2], b"junk"],
+                             "label": ["x", "y", "x", None]}), tmp_path / "p0.parquet")
+    pq.write_table(pa.table({"id": ["z"], "pixels": [good[0]]}), tmp_path / "p1.parquet")
+    (tmp_path / "p2.parquet").write_bytes(b"PAR1 but not really")
+    shards = plan_shards(str(tmp_path), "auto")
+    got = [r for s in shards for r in rows(s)]
+    p = str(tmp_path)
+    assert [(r["id"], r["label"], r["error"]) for r in got] == [
+        ("a", "x", None),
+        (f"{p}/p0.parquet#row=1", "y", "missing_id"),
+        ("a", "x", DUPLICATE_ID),
+        ("c", None, "not_an_image"),
+        (f"{p}/p1.parquet", None, "missing_column:image"),
+        (f"{p}/p2.parquet", None, "corrupt_parquet"),
+    ]
+
+
+def test_mixed_tar_and_parquet_is_refused(tmp_path):
+    (tmp_path / "a.tar").write_bytes(b"")
+    (tmp_path / "b.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match="mixes"):
+        plan_shards(str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        plan_shards(str(tmp_path / "missing"))
