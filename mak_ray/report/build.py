@@ -21,12 +21,13 @@ from mak_ray.report import plots
 from mak_ray.report.collect import (
     ACC_COLUMNS,
     MODEL_ORDER,
-    UNLABELED,
     RunData,
     accuracy_row,
     collect,
     is_ood,
+    label_counts,
     ordered,
+    pool_ood_mask,
     tail_classes,
 )
 
@@ -53,10 +54,9 @@ def compute_numbers(data: RunData) -> dict[str, Any]:
         "ood_rule": "label starts with 'ood'",
     }
     if data.pool is not None:
-        labels = data.pool.column("label").to_pylist()
-        counts = Counter(UNLABELED if v is None else str(v) for v in labels)
-        n = len(labels)
-        labelled = sum(1 for v in labels if v is not None)
+        counts = label_counts(data.pool.column("label"))  # vectorised: pools can hold millions of rows
+        n = data.pool.num_rows
+        labelled = n - data.pool.column("label").null_count
         n_ood = sum(c for k, c in counts.items() if is_ood(k))
         n_tail = sum(c for k, c in counts.items() if k in tail_set)
         out["pool"] = {
@@ -186,7 +186,7 @@ def make_figures(data: RunData, numbers: dict[str, Any]) -> dict[str, bytes]:
     if data.pool is not None and data.pool.num_rows:
         prox = data.pool.column("proximity").to_numpy(zero_copy_only=False).astype(np.float32)
         ecle = data.pool.column("ecle").to_numpy(zero_copy_only=False).astype(np.float32)
-        ood_mask = np.asarray([is_ood(v) for v in data.pool.column("label").to_pylist()], dtype=bool)
+        ood_mask = pool_ood_mask(data.pool.column("label"))
         picks = {}
         for m, sel in data.selections.items():
             ok = np.isfinite(sel.ecle) & np.isfinite(sel.proximity)

@@ -107,7 +107,13 @@ def _ok_rows(table: pa.Table) -> tuple[pa.Table, int]:
     return good.drop_columns(["error"]), table.num_rows - good.num_rows
 
 
-def _label_counts(column: pa.ChunkedArray) -> dict[str, int]:
+def pool_ood_mask(labels: pa.ChunkedArray) -> np.ndarray:
+    """Boolean mask of OOD labels (case-insensitive ``ood`` prefix), computed in Arrow."""
+    hit = pc.starts_with(pc.utf8_lower(labels), OOD_PREFIX)
+    return hit.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def label_counts(column: pa.ChunkedArray) -> dict[str, int]:
     out: dict[str, int] = {}
     for row in pc.value_counts(column).to_pylist():
         key = UNLABELED if row["values"] is None else str(row["values"])
@@ -119,7 +125,7 @@ def _read_target(data: RunData) -> None:
     uri = storage.join(data.run_uri, "embed", "target")
     try:
         table, _ = _ok_rows(_read_table(uri, ["label", "error"], ["label"]))
-        data.target_counts = _label_counts(table.column("label"))
+        data.target_counts = label_counts(table.column("label"))
     except Exception as e:
         data.note_missing("target labels (embed/target Parquet)", uri, e)
 
