@@ -59,14 +59,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "demo":
-            cfg_path = args.config
             result = pipeline.run_demo(
                 preset=args.preset,
                 data_dir=args.data_dir,
                 data_out=args.data_out,
                 output=args.output,
                 synthetic=args.synthetic,
-                config_path=cfg_path,
+                config_path=args.config,
                 overrides=args.overrides,
             )
         else:
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mak-ray: configuration error: {e}", file=sys.stderr)
         return 2
-    except pipeline.StageNotBuilt as e:
+    except (pipeline.StageNotBuilt, FileNotFoundError) as e:
         print(f"mak-ray: {e}", file=sys.stderr)
         return 3
     if result is not None:

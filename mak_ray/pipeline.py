@@ -81,13 +81,12 @@ def stage_pretrain(cfg: MakConfig) -> str:
 def stage_embed_target(cfg: MakConfig) -> str:
     import numpy as np
 
-    from mak_ray.score import embed_images
+    from mak_ray.score import embed_images, load_valid_embeddings
     from mak_ray.select import fit_centroids
-    from mak_ray.selection_stage import load_valid_embeddings
 
     stage_dir = out(cfg, "embed", "target")
     embed_images(cfg.data.target, cfg, pretrained_model_uri(cfg), stage_dir)
-    emb, _ = load_valid_embeddings(stage_dir)
+    emb = load_valid_embeddings(stage_dir)
     if len(emb) < cfg.score.centroids:
         raise ValueError(
             f"the target set has {len(emb)} usable images, fewer than score.centroids={cfg.score.centroids}"
@@ -241,10 +240,75 @@ def write_run_summary(cfg: MakConfig) -> dict:
     return summary
 
 
+# ------------------------------------------------------------------------------------------- preflight
+
+# What each stage reads from earlier stages (beyond the raw data).
+NEEDS = {
+    "embed_target": ("pretrain",),
+    "score": ("pretrain", "embed_target"),
+    "select": ("embed_target", "score"),
+    "retrain": ("select",),
+    "evaluate": ("pretrain", "embed_target", "retrain"),
+    "report": (),
+}
+NEEDS_DATA = {
+    "pretrain": ("target",),
+    "embed_target": ("target",),
+    "score": ("pool",),
+    "retrain": ("target", "pool"),
+    "evaluate": ("eval_train", "eval_test"),
+}
+
+
+def known_inputs(uri: str, cfg: MakConfig) -> int | None:
+    """How many inputs ``uri`` holds, when cheap to know (image files, Parquet row counts); else None."""
+    import pyarrow.parquet as pq
+
+    from mak_ray.data import plan_from_config
+
+    total = 0
+    for shard in plan_from_config(uri, cfg.data):
+        if shard.kind == "files":
+            total += len(shard.paths)
+        elif shard.kind == "parquet":
+            for path in shard.paths:
+                fs, p = storage.filesystem(path)
+                with fs.open_input_file(p) as f:
+                    total += pq.ParquetFile(f).metadata.num_rows
+        else:
+            return None
+    return total
+
+
+def preflight(cfg: MakConfig, stages: tuple[str, ...]) -> None:
+    """Refuse, before any heavy work, a run that cannot finish: missing inputs, earlier outputs or budget."""
+    from mak_ray.config import ConfigError
+
+    planned = set(stages)
+    for stage in stages:
+        for name in NEEDS_DATA.get(stage, ()):
+            uri = getattr(cfg.data, name)
+            if not uri:
+                raise ConfigError(f"data.{name}", f"stage '{stage}' needs it, but it is empty")
+            if not storage.exists(uri):
+                raise ConfigError(f"data.{name}", f"{uri} does not exist (stage '{stage}' reads it)")
+        for need in NEEDS.get(stage, ()):
+            if need not in planned and not done(out(cfg, *STAGE_DIRS[need])):
+                raise FileNotFoundError(
+                    f"stage '{stage}' needs the outputs of stage '{need}', which are not complete under "
+                    f"{out(cfg, *STAGE_DIRS[need])}; run `mak-ray {need.replace('_', '-')}` or "
+                    "`mak-ray pipeline` first"
+                )
+    if {"score", "select"} & planned and not done(out(cfg, "select")):
+        n_pool = known_inputs(cfg.data.pool, cfg) if cfg.data.pool and storage.exists(cfg.data.pool) else None
+        if n_pool is not None and cfg.select.budget > n_pool:
+            raise ConfigError("select.budget", f"{cfg.select.budget} is larger than the pool ({n_pool} images)")
+
+
 # ------------------------------------------------------------------------------------------- drivers
 
 
-def run_stage(name: str, cfg: MakConfig, *, force: bool = False) -> str | None:
+def run_stage(name: str, cfg: MakConfig, *, force: bool = False, checked: bool = False) -> str | None:
     """Run one stage unless its outputs are complete. Returns the stage's output URI."""
     if name == "pipeline":
         return run_pipeline(cfg)
@@ -254,6 +318,8 @@ def run_stage(name: str, cfg: MakConfig, *, force: bool = False) -> str | None:
     if done(stage_dir) and not force:
         log.info("%s: outputs complete under %s, skipped", name, stage_dir)
         return stage_dir
+    if not checked:
+        preflight(cfg, (name,))
     storage.write_text(out(cfg, "config.yaml"), dump_config(cfg))
     if name != "report":
         init_ray(cfg.run.ray_address)
@@ -273,9 +339,10 @@ def run_stage(name: str, cfg: MakConfig, *, force: bool = False) -> str | None:
 
 def run_pipeline(cfg: MakConfig) -> str:
     """All stages in order; completed ones are skipped, so a rerun resumes."""
+    preflight(cfg, STAGES)
     result = None
     for name in STAGES:
-        result = run_stage(name, cfg)
+        result = run_stage(name, cfg, checked=True)
     log.info("pipeline complete: report at %s", result)
     return str(result)
 

@@ -15,42 +15,23 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from mak_ray import storage
 from mak_ray.config import MakConfig
+from mak_ray.score import iter_score_columns, load_embeddings, load_valid_embeddings
 from mak_ray.select import ScoreStats, TopN, greedy_k_center, mak_score, two_stage_k_center
 
 log = logging.getLogger(__name__)
 
 METHODS = ("mak", "random", "tailness", "proximity", "kcenter")
-VALID = pc.is_null(pads.field("error"))
 
 
-def load_valid_embeddings(uri: str, ids: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
-    """Embeddings (float32) of the rows without error under ``uri``, optionally only ``ids`` (in that order)."""
-    flt = VALID if ids is None else VALID & pc.is_in(pads.field("id"), value_set=pa.array(ids, pa.string()))
-    got_ids: list[str] = []
-    chunks: list[np.ndarray] = []
-    for batch in storage.iter_parquet_batches(uri, ["id", "embedding"], filter=flt):
-        if batch.num_rows == 0:
-            continue
-        got_ids.extend(batch.column("id").to_pylist())
-        emb = batch.column("embedding")
-        width = emb.type.list_size if pa.types.is_fixed_size_list(emb.type) else None
-        flat = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-        chunks.append(flat.reshape(batch.num_rows, width or -1))
-    if not chunks:
-        raise ValueError(f"no usable embeddings under {uri}")
-    emb = np.concatenate(chunks)
-    if ids is not None:
-        pos = {k: i for i, k in enumerate(got_ids)}
-        missing = [k for k in ids if k not in pos]
-        if missing:
-            raise ValueError(f"{len(missing)} ids have no embedding under {uri}, e.g. {missing[:3]}")
-        emb = emb[[pos[k] for k in ids]]
-        got_ids = list(ids)
-    return emb, got_ids
+def _usable(columns: list[str], score_uri: str):
+    """Batches of ``columns`` over the pool rows that were scored (error is null)."""
+    for batch in iter_score_columns(score_uri, [*columns, "error"]):
+        batch = batch.filter(pc.is_null(batch.column("error")))
+        if batch.num_rows:
+            yield batch
 
 
 def _uniform_key(seed: int, ids: list[str]) -> np.ndarray:
@@ -65,7 +46,7 @@ def _uniform_key(seed: int, ids: list[str]) -> np.ndarray:
 def pool_stats(score_uri: str) -> ScoreStats:
     """Global z-statistics of ECLE and proximity over every usable pool row (one streaming pass)."""
     stats = ScoreStats.empty()
-    for batch in storage.iter_parquet_batches(score_uri, ["ecle", "proximity"], filter=VALID):
+    for batch in _usable(["ecle", "proximity"], score_uri):
         stats.update(batch.column("ecle").to_numpy(), batch.column("proximity").to_numpy())
     return stats
 
@@ -73,7 +54,7 @@ def pool_stats(score_uri: str) -> ScoreStats:
 def rank_candidates(cfg: MakConfig, method: str, score_uri: str, stats: ScoreStats, n: int) -> dict:
     """The ``n`` best pool rows for ``method`` (one streaming pass), with their ecle, proximity and score."""
     top = TopN(n)
-    for batch in storage.iter_parquet_batches(score_uri, ["id", "ecle", "proximity"], filter=VALID):
+    for batch in _usable(["id", "ecle", "proximity"], score_uri):
         ids = batch.column("id").to_pylist()
         e, p = batch.column("ecle").to_numpy(), batch.column("proximity").to_numpy()
         if method in ("mak", "kcenter"):
@@ -89,21 +70,20 @@ def rank_candidates(cfg: MakConfig, method: str, score_uri: str, stats: ScoreSta
         top.push(key, np.asarray(ids, dtype=str))
     cand_ids, _ = top.result()
     cand_ids = [str(i) for i in cand_ids]
-    table = pads.dataset(
-        [storage.filesystem(u)[1] for u in storage.list_files(score_uri, (".parquet",))],
-        filesystem=storage.filesystem(score_uri)[0],
-    ).to_table(columns=["id", "ecle", "proximity", "label"],
-               filter=VALID & pc.is_in(pads.field("id"), value_set=pa.array(cand_ids, pa.string())))
-    row = {k: i for i, k in enumerate(table.column("id").to_pylist())}
-    order = [row[k] for k in cand_ids]
-    ecle = table.column("ecle").to_numpy()[order]
-    prox = table.column("proximity").to_numpy()[order]
+    wanted = pa.array(cand_ids, pa.string())
+    found: dict[str, tuple[float, float, str | None]] = {}
+    for batch in _usable(["id", "ecle", "proximity", "label"], score_uri):
+        hit = batch.filter(pc.is_in(batch.column("id"), value_set=wanted))
+        for i, e, p, lab in zip(*(hit.column(c).to_pylist() for c in ("id", "ecle", "proximity", "label"))):
+            found[i] = (e, p, lab)
+    ecle = np.array([found[k][0] for k in cand_ids], np.float64)
+    prox = np.array([found[k][1] for k in cand_ids], np.float64)
     return {
         "id": cand_ids,
         "ecle": ecle,
         "proximity": prox,
         "score": mak_score(ecle, prox, cfg.select.loss_weight, stats),
-        "label": [table.column("label")[i].as_py() for i in order],
+        "label": [found[k][2] for k in cand_ids],
     }
 
 
@@ -122,8 +102,8 @@ def run_selection(cfg: MakConfig, method: str, method_dir: str) -> dict:
     cand = rank_candidates(cfg, method, score_uri, stats, n_cand)
     summary: dict = {"method": method, "budget": k, "candidates": n_cand, "usable_pool": usable}
     if diversity:
-        emb, _ = load_valid_embeddings(score_uri, cand["id"])
-        target, _ = load_valid_embeddings(storage.join(run, "embed", "target"))
+        emb = load_embeddings(score_uri, cand["id"])
+        target = load_valid_embeddings(storage.join(run, "embed", "target"))
         if cfg.select.kcenter_shards > 1:
             shards = np.array_split(np.arange(len(emb)), cfg.select.kcenter_shards)
             picks, radius = two_stage_k_center(

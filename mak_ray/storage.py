@@ -194,20 +194,3 @@ def delete(uri: str) -> None:
         except OSError:
             pass
 
-
-def iter_parquet_batches(uri: str, columns: list[str], batch_rows: int = 65_536, filter=None):
-    """Stream record batches of ``columns`` from a Parquet file or directory, never loading it whole.
-
-    Hive-style folders (``shard=<sid>/``) are read as plain files: the partition value is also a column.
-    """
-    import pyarrow.dataset as pads
-
-    fs, path = filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
-        files = [filesystem(u)[1] for u in list_files(uri, (".parquet",))]
-        if not files:
-            raise FileNotFoundError(f"no Parquet files under {uri}")
-    else:
-        files = [path]
-    dataset = pads.dataset(files, filesystem=fs, format="parquet")
-    yield from dataset.to_batches(columns=columns, filter=filter, batch_size=batch_rows)

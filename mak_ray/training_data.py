@@ -44,14 +44,12 @@ def shards_holding(cfg: MakConfig, ids: Sequence[str]) -> set[str]:
 
 def training_dataset(cfg: MakConfig, target_uri: str, extra_pool_ids: Sequence[str] | None = None):
     """Rows ``{id, image}`` (uint8 [S, S, 3]) of the target set, plus the given pool ids; failed rows dropped."""
-    from mak_ray.data import image_dataset, plan_shards
+    from mak_ray.data import image_dataset, plan_from_config
 
-    ds = image_dataset(plan_shards(target_uri, cfg.data.format, cfg.data.files_per_shard), cfg.data)
+    ds = image_dataset(plan_from_config(target_uri, cfg.data), cfg.data)
     if extra_pool_ids:
         wanted = shards_holding(cfg, extra_pool_ids)
-        pool_shards = [
-            s for s in plan_shards(cfg.data.pool, cfg.data.format, cfg.data.files_per_shard) if s.shard_id in wanted
-        ]
+        pool_shards = [s for s in plan_from_config(cfg.data.pool, cfg.data) if s.shard_id in wanted]
         extra = image_dataset(pool_shards, cfg.data).map_batches(_keep_ids(frozenset(extra_pool_ids)))
         ds = ds.union(extra)
         log.info("training set: target plus %d selected pool images from %d shards", len(extra_pool_ids),
