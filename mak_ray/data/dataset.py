@@ -43,6 +43,13 @@ def _with_last(it: Iterator[Record]) -> Iterator[tuple[Record, bool]]:
         prev = cur
 
 
+def _text(v: Any) -> str | None:
+    """None for a missing value in any form Ray hands back (None, NaN), else the text."""
+    if v is None or (isinstance(v, (float, np.floating)) and v != v):
+        return None
+    return str(v)
+
+
 def to_arrow(cols: dict[str, Any]) -> pa.Table:
     """A typed Arrow batch: lists of str/None become string columns, n-d arrays Ray tensor columns.
 
@@ -58,7 +65,7 @@ def to_arrow(cols: dict[str, Any]) -> pa.Table:
         elif isinstance(v, np.ndarray) and v.dtype != object:
             arrays[name] = pa.array(v)
         else:
-            arrays[name] = pa.array([None if x is None else str(x) for x in v], pa.string())
+            arrays[name] = pa.array([_text(x) for x in v], pa.string())
     return pa.table(arrays)
 
 

@@ -56,14 +56,20 @@ def _candidate_shards(cfg: MakConfig, shards: list[Shard], want: int) -> tuple[l
         return out, None
     order = rng.permutation(len(shards))[:BANK_SHARDS]
     subset = [shards[i] for i in sorted(order.tolist())]
-    ids_ds = image_dataset(subset, cfg.data).map_batches(lambda b: {"id": b["id"], "error": b["error"]})
+    ids_ds = image_dataset(subset, cfg.data).map_batches(_usable_ids, batch_format="pyarrow")
     ids: list[str] = []
-    for batch in ids_ds.iter_batches(batch_size=4096, batch_format="numpy"):
-        ids.extend(str(i) for i, e in zip(batch["id"], batch["error"]) if e is None)
+    for batch in ids_ds.iter_batches(batch_size=4096, batch_format="pyarrow"):
+        ids.extend(batch["id"].to_pylist())
     ids = sorted(set(ids))
     pri = _priority(cfg.run.seed, ids)
     keep = {ids[i] for i in np.argsort(pri, kind="stable")[:want]}
     return subset, keep
+
+
+def _usable_ids(batch):
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.is_null(batch["error"])).select(["id"])
 
 
 def _keep_ids(ids: frozenset[str]):
@@ -94,7 +100,7 @@ def compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard]) -> np.ndar
         batch_size=sc.batch_size,
         num_cpus=sc.cpus_per_actor,
         num_gpus=sc.gpus_per_actor,
-        concurrency=(sc.min_actors, sc.num_actors),
+        compute=ray.data.ActorPoolStrategy(min_size=sc.min_actors, max_size=sc.num_actors),
     )
     ids: list[str] = []
     views: list[np.ndarray] = []

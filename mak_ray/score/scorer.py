@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mak_ray.data.dataset import _text as _text_or_none
 from mak_ray.data.dataset import to_arrow
 
 log = logging.getLogger(__name__)
@@ -46,13 +47,6 @@ def _resolve(x: Any) -> Any:
     import ray
 
     return ray.get(x) if isinstance(x, ray.ObjectRef) else x
-
-
-def _text_or_none(v: Any) -> str | None:
-    """None for a missing value, whatever form Ray gave it (None, NaN); else the text."""
-    if v is None or (isinstance(v, float) and v != v):
-        return None
-    return str(v)
 
 
 def max_rss_bytes() -> int:

@@ -1,0 +1,239 @@
+"""The scoring engine end to end on Ray (CPU, tiny model): every input format, accounting, resume, invariance."""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import shutil
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from mak_ray import storage
+from mak_ray.config import ModelSection, config_from_dict
+from mak_ray.data.samples import bad_inputs, good_image_bytes
+from mak_ray.models import build_model, save_model
+from mak_ray.score import (
+    embed_images,
+    iter_score_columns,
+    load_embeddings,
+    load_valid_embeddings,
+    score_pool,
+)
+
+N_GOOD = 96
+BAD = bad_inputs()
+BAD_REASONS = collections.Counter(r for _, r in BAD.values() if r is not None)
+
+
+@pytest.fixture(scope="module")
+def model_uri(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    cfg = ModelSection(arch="resnet18", width=8, small_stem=True, proj_dim=16)
+    uri = str(tmp_path_factory.mktemp("model") / "model.pt")
+    save_model(build_model(cfg), cfg, uri)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def pool_dir(tmp_path_factory) -> str:
+    """Three class folders of good images (PNG and JPEG) plus one folder of every awkward case."""
+    root = tmp_path_factory.mktemp("pool")
+    rng = np.random.default_rng(0)
+    for i in range(N_GOOD):
+        d = root / f"class{i % 3}"
+        d.mkdir(exist_ok=True)
+        fmt = "JPEG" if i % 2 else "PNG"
+        (d / f"img{i:03d}.{'jpg' if i % 2 else 'png'}").write_bytes(good_image_bytes(rng, fmt))
+    (root / "bad").mkdir()
+    for name, (data, _) in BAD.items():
+        (root / "bad" / name).write_bytes(data)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def centroids() -> np.ndarray:
+    rng = np.random.default_rng(5)
+    c = rng.normal(size=(3, 64)).astype(np.float32)  # width 8 -> 64 backbone features
+    return c / np.linalg.norm(c, axis=1, keepdims=True)
+
+
+def make_cfg(pool: str, out: str, **score):
+    s = {"views": 3, "bank_size": 32, "ecle_batch_size": 16, "ecle_repeats": 2, "batch_size": 16,
+         "cpus_per_actor": 0.5, "log_every_s": 5.0}
+    s.update(score)
+    return config_from_dict({
+        "run": {"output_uri": out, "seed": 3},
+        "data": {"pool": pool, "image_size": 16, "max_pixels": 1_000_000, "files_per_shard": 16},
+        "score": s,
+    })
+
+
+def table(out: str) -> pa.Table:
+    t = storage.read_parquet(out)
+    return t.sort_by([("id", "ascending"), ("error", "ascending")])
+
+
+def check_accounting(summary: dict, t: pa.Table, inputs: int, reasons: dict) -> None:
+    assert summary["inputs"] == inputs == t.num_rows
+    assert summary["inputs"] == summary["scored"] + summary["failed"]
+    assert summary["failed_by_reason"] == dict(reasons)
+    assert collections.Counter(v for v in t["error"].to_pylist() if v is not None) == reasons
+    ok = pc.is_null(t["error"])
+    assert pc.all(pc.is_valid(pc.filter(t["ecle"], ok))).as_py()
+    assert pc.all(pc.is_null(pc.filter(t["ecle"], pc.invert(ok)))).as_py()
+    assert pc.all(pc.is_null(pc.filter(t["embedding"], pc.invert(ok)))).as_py()
+
+
+def test_local_folder_scores_every_input_and_resumes(ray_session, pool_dir, model_uri, centroids, tmp_path):
+    out = str(tmp_path / "score")
+    cfg = make_cfg(pool_dir, out)
+    summary = score_pool(cfg, model_uri, centroids, out)
+    t = table(out)
+    check_accounting(summary, t, N_GOOD + len(BAD), BAD_REASONS)
+    assert t.schema.field("embedding").type == pa.list_(pa.float16(), 64)
+    assert t.schema.field("ecle").type == pa.float32()
+    assert set(t["label"].to_pylist()) == {"class0", "class1", "class2", "bad"}
+    assert len(set(t["id"].to_pylist())) == t.num_rows
+    bank = np.load(os.path.join(out, "bank.npy"))
+    assert bank.shape == (3, 32, 16) and np.allclose(np.linalg.norm(bank, axis=2), 1, atol=1e-5)
+    markers = sorted(os.listdir(os.path.join(out, "_markers")))
+    assert len(markers) == summary["shards"] == -(-(N_GOOD + len(BAD)) // 16)
+
+    # streaming readers: only the asked columns, only the asked rows
+    cols = pa.Table.from_batches(list(iter_score_columns(out, ["id", "ecle"], batch_rows=7)))
+    assert cols.column_names == ["id", "ecle"] and cols.num_rows == t.num_rows
+    ok = t.filter(pc.is_null(t["error"]))
+    want = ok["id"].to_pylist()[::10]
+    emb = load_embeddings(out, want)
+    ref = np.stack([np.asarray(x, np.float32) for x in ok["embedding"].to_pylist()[::10]])
+    assert np.array_equal(emb, ref)
+    with pytest.raises(KeyError):
+        load_embeddings(out, [os.path.join(pool_dir, "bad", "zero.jpg")])
+
+    # interrupted run: one shard lost its marker and holds a stray partial file
+    victim = markers[2][: -len(".json")]
+    os.remove(os.path.join(out, "_markers", markers[2]))
+    part = sorted(os.listdir(os.path.join(out, f"shard={victim}")))[0]
+    shutil.copy(os.path.join(out, f"shard={victim}", part), os.path.join(out, f"shard={victim}", "part-stray.parquet"))
+    again = score_pool(cfg, model_uri, centroids, out)
+    assert again["rows_this_run"] == 16
+    assert {k: again[k] for k in ("inputs", "scored", "failed", "failed_by_reason")} == {
+        k: summary[k] for k in ("inputs", "scored", "failed", "failed_by_reason")}
+    assert table(out).equals(t)
+
+    # a finished output is not touched again
+    third = score_pool(cfg, model_uri, centroids, out)
+    assert third["rows_this_run"] == 0 and third["inputs"] == summary["inputs"]
+
+
+def test_scores_do_not_depend_on_actor_count_or_batch_size(ray_session, pool_dir, model_uri, centroids, tmp_path):
+    outs = []
+    for actors, batch in ((1, 8), (2, 32)):
+        out = str(tmp_path / f"a{actors}-b{batch}")
+        cfg = make_cfg(pool_dir, out, num_actors=actors, min_actors=actors, batch_size=batch)
+        score_pool(cfg, model_uri, centroids, out)
+        outs.append(out)
+    a, b = table(outs[0]), table(outs[1])
+    assert np.array_equal(np.load(os.path.join(outs[0], "bank.npy")), np.load(os.path.join(outs[1], "bank.npy")))
+    assert a["id"].equals(b["id"]) and a["error"].equals(b["error"])
+    for col in ("ecle", "proximity"):
+        x, y = a[col].to_numpy(zero_copy_only=False), b[col].to_numpy(zero_copy_only=False)
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_s3_prefix_with_a_deleted_object(ray_session, s3_bucket, pool_dir, model_uri, centroids):
+    import boto3
+
+    s3 = boto3.client("s3")
+    bucket = s3_bucket[len("s3://"):]
+    for dirpath, _, files in os.walk(pool_dir):
+        for f in files:
+            if dirpath.endswith("class0") and not f.endswith("00.png") and f < "img030":
+                continue  # keep the S3 pool small
+            rel = os.path.relpath(os.path.join(dirpath, f), pool_dir)
+            s3.upload_file(os.path.join(dirpath, f), bucket, f"pool/{rel}")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="pool/")["Contents"]]
+    out = f"{s3_bucket}/run/score"
+    cfg = make_cfg(f"{s3_bucket}/pool", out)
+    from mak_ray.data import plan_from_config
+
+    # an object deleted between listing and reading is a failed row, not a crash
+    shards = plan_from_config(cfg.data.pool, cfg.data)
+    s3.delete_object(Bucket=bucket, Key="pool/class1/img001.jpg")
+    from mak_ray.data import read_shard
+
+    got = {r["id"]: r["error"] for s in shards for b in read_shard(s, cfg.data) for r in
+           b.drop_columns(["image"]).to_pylist()}
+    assert got[f"{s3_bucket}/pool/class1/img001.jpg"] == "read_error:not_found"
+
+    summary = score_pool(cfg, model_uri, centroids, out)
+    t = table(out)
+    check_accounting(summary, t, len(keys) - 1, BAD_REASONS)
+    assert all(i.startswith(f"{s3_bucket}/pool/") for i in t["id"].to_pylist())
+    assert storage.exists(f"{out}/bank.npy") and storage.exists(f"{out}/summary.json")
+
+
+def _tar_pool(root, rng) -> tuple[int, collections.Counter]:
+    os.makedirs(root)
+    n, reasons = 0, collections.Counter()
+    for s in range(3):
+        with tarfile.open(os.path.join(root, f"shard-{s}.tar"), "w") as tar:
+            for i in range(12):
+                for name, data in ((f"s{s}/k{i:02d}.png", good_image_bytes(rng)), (f"s{s}/k{i:02d}.cls", b"%d" % (i % 3))):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                n += 1
+            for name, (data, r) in list(BAD.items())[:5]:
+                info = tarfile.TarInfo(f"s{s}/bad-{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+                n += 1
+                reasons.update([r] if r else [])
+    with open(os.path.join(root, "shard-3.tar"), "wb") as f:
+        f.write(b"garbage" * 100)
+    return n + 1, reasons + collections.Counter(["corrupt_tar"])
+
+
+def test_tar_and_parquet_pools(ray_session, model_uri, centroids, tmp_path):
+    rng = np.random.default_rng(9)
+    n_tar, tar_reasons = _tar_pool(str(tmp_path / "tars"), rng)
+    out = str(tmp_path / "out-tar")
+    summary = score_pool(make_cfg(str(tmp_path / "tars"), out), model_uri, centroids, out)
+    t = table(out)
+    check_accounting(summary, t, n_tar, tar_reasons)
+    labels = {i: lab for i, lab in zip(t["id"].to_pylist(), t["label"].to_pylist())}
+    assert {lab for i, lab in labels.items() if "/k" in i} == {"0", "1", "2"}  # from the .cls members
+    assert {lab for i, lab in labels.items() if "/bad-" in i} == {None}
+
+    pq_dir = tmp_path / "pq"
+    pq_dir.mkdir()
+    images = [good_image_bytes(rng) for _ in range(40)] + [BAD["zero.jpg"][0], BAD["text.png"][0]]
+    ids = [f"img-{i}" for i in range(len(images))]
+    ids[5] = ids[4]  # duplicate id
+    for k in range(2):
+        sl = slice(k * 21, (k + 1) * 21)
+        pq.write_table(pa.table({"id": ids[sl], "image": images[sl], "label": [f"c{i % 2}" for i in range(21)]}),
+                       pq_dir / f"part{k}.parquet")
+    out = str(tmp_path / "out-pq")
+    summary = score_pool(make_cfg(str(pq_dir), out), model_uri, centroids, out)
+    check_accounting(summary, table(out), 42, collections.Counter(["duplicate_id", "empty", "not_an_image"]))
+
+    # embed mode over the same engine: embeddings only, same accounting
+    emb_out = str(tmp_path / "embed")
+    s = embed_images(str(pq_dir), make_cfg(str(pq_dir), emb_out), model_uri, emb_out)
+    assert (s["inputs"], s["scored"]) == (42, 39)
+    e = table(emb_out)
+    assert e.column_names == ["id", "embedding", "label", "error", "shard"]
+    ids_ok, labels, emb = load_valid_embeddings(emb_out, with_ids=True)
+    assert emb.shape == (39, 64) and len(ids_ok) == 39 and set(labels) == {"c0", "c1"}
+    ref = table(out).filter(pc.is_null(table(out)["error"]))
+    ref_emb = np.stack([np.asarray(x, np.float32) for x in ref["embedding"].to_pylist()])
+    assert np.array_equal(emb, ref_emb)  # same clean embedding in both modes
