@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import posixpath
+import random
+import time
 import uuid
 from typing import Any
 from urllib.parse import urlparse
@@ -25,6 +27,39 @@ import pyarrow.parquet as pq
 log = logging.getLogger(__name__)
 
 S3_RETRY_ATTEMPTS = 10
+APP_RETRY_ATTEMPTS = 8
+APP_RETRY_BASE_S = 0.1
+# Errors that another try cannot fix: report them at once.
+_PERMANENT = ("AccessDenied", "Forbidden", "HTTP status 403", "NoSuchKey", "NoSuchBucket", "HTTP status 404",
+              "InvalidAccessKeyId", "SignatureDoesNotMatch", "Path does not exist")
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    return isinstance(exc, OSError) and not any(p in str(exc) for p in _PERMANENT)
+
+
+def with_retries(uri: str, what: str, fn):
+    """Run ``fn()``; on S3, retry transient failures with jittered exponential backoff.
+
+    The AWS SDK inside pyarrow retries most 500/503 answers itself, but not all: an error body that arrives
+    while a small GET is streamed surfaces as a non-retryable "Failed to flush response stream", and a
+    reset mid-body as a read error. This retry sits above the SDK and covers those.
+    """
+    if not is_s3(uri):
+        return fn()
+    for attempt in range(APP_RETRY_ATTEMPTS):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if attempt == APP_RETRY_ATTEMPTS - 1 or not _transient(exc):
+                raise
+            delay = APP_RETRY_BASE_S * (2**attempt) * (0.5 + random.random())
+            log.warning("%s %s failed (%s); retry %d/%d in %.2f s", what, uri, str(exc).splitlines()[0][:200],
+                        attempt + 1, APP_RETRY_ATTEMPTS - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def is_s3(uri: str) -> bool:
@@ -88,19 +123,19 @@ def join(uri: str, *parts: str) -> str:
 
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return with_retries(uri, "stat", lambda: fs.get_file_info(path).type != pafs.FileType.NotFound)
 
 
 def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
     """All files under ``uri`` (recursive, sorted), as full URIs; hidden and temp files are skipped."""
     fs, path = filesystem(uri)
-    info = fs.get_file_info(path)
+    info = with_retries(uri, "stat", lambda: fs.get_file_info(path))
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no such file or prefix: {uri}")
     if info.type == pafs.FileType.File:
         infos = [info]
     else:
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        infos = with_retries(uri, "list", lambda: fs.get_file_info(pafs.FileSelector(path, recursive=True)))
     out = []
     for fi in infos:
         if fi.type != pafs.FileType.File:
@@ -116,8 +151,12 @@ def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
 
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
-    with fs.open_input_stream(path) as f:
-        return f.read()
+
+    def read() -> bytes:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+
+    return with_retries(uri, "read", read)
 
 
 def _atomic_local_target(path: str) -> str:
@@ -140,8 +179,12 @@ def write_bytes(uri: str, data: bytes) -> None:
             if os.path.exists(tmp):
                 os.remove(tmp)
         return
-    with fs.open_output_stream(path) as f:
-        f.write(data)
+
+    def put() -> None:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+    with_retries(uri, "write", put)
 
 
 def read_text(uri: str) -> str:
@@ -163,14 +206,12 @@ def write_json(uri: str, obj: Any) -> None:
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
     """Read one Parquet file or a directory of them (recursively) into a table."""
     fs, path = filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
-        files = [filesystem(u)[1] for u in list_files(uri, (".parquet",))]
+    if with_retries(uri, "stat", lambda: fs.get_file_info(path).type) == pafs.FileType.Directory:
+        files = list_files(uri, (".parquet",))
         if not files:
             raise FileNotFoundError(f"no Parquet files under {uri}")
-        return pa.concat_tables(
-            [pq.read_table(p, columns=columns, filesystem=fs) for p in files], promote_options="default"
-        )
-    return pq.read_table(path, columns=columns, filesystem=fs)
+        return pa.concat_tables([read_parquet(f, columns) for f in files], promote_options="default")
+    return with_retries(uri, "read", lambda: pq.read_table(path, columns=columns, filesystem=fs))
 
 
 def write_parquet(table: pa.Table, uri: str) -> None:
