@@ -28,6 +28,9 @@ class Ops:
     def full(self, n: int, value: float, dtype: Any) -> Any:
         return np.full(n, value, dtype=dtype)
 
+    def zeros(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        return np.zeros(shape, dtype=dtype)
+
     def float_dtype(self, like: Any) -> Any:
         return like.dtype
 
@@ -76,6 +79,9 @@ class TorchOps(Ops):
 
     def full(self, n: int, value: float, dtype: Any) -> Any:
         return self.torch.full((n,), value, dtype=dtype, device=self.device)
+
+    def zeros(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        return self.torch.zeros(shape, dtype=dtype, device=self.device)
 
     def int_dtype(self) -> Any:
         return self.torch.int64

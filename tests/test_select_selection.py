@@ -1,0 +1,102 @@
+"""select_mak and the ablation baselines behind one interface."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mak_ray.select import (
+    METHODS,
+    ScoreStats,
+    TopN,
+    core_size,
+    greedy_k_center,
+    mak_score,
+    select,
+    select_mak,
+)
+
+
+@pytest.fixture
+def pool():
+    rng = np.random.default_rng(0)
+    n = 200
+    return {
+        "ids": np.array([f"img{i:04d}" for i in range(n)]),
+        "ecle": rng.normal(5, 1, n),
+        "proximity": rng.uniform(0, 1, n),
+        "embeddings": rng.normal(size=(n, 8)).astype(np.float32),
+        "target_embeddings": rng.normal(size=(30, 8)).astype(np.float32),
+    }
+
+
+def test_select_mak_is_kcenter_on_the_top_scored_core(pool):
+    sel = select_mak(k=20, **pool)
+    score = mak_score(pool["ecle"], pool["proximity"])
+    n_core = math.ceil(1.5 * 20)
+    core = sorted(range(200), key=lambda i: (-score[i], i))[:n_core]
+    picks, radii = greedy_k_center(pool["embeddings"][core], 20, pool["target_embeddings"])
+    assert sel.index.tolist() == [core[p] for p in picks]
+    assert sel.ids.tolist() == [f"img{core[p]:04d}" for p in picks]
+    np.testing.assert_allclose(sel.scores, score[sel.index])
+    np.testing.assert_allclose(sel.radii, radii)
+    assert np.array_equal(sel.index, select_mak(k=20, **pool).index)  # deterministic
+
+
+def test_streaming_core_with_global_stats_gives_the_same_picks(pool):
+    stats = ScoreStats.empty()
+    for s in range(0, 200, 64):
+        stats.update(pool["ecle"][s : s + 64], pool["proximity"][s : s + 64])
+    top = TopN(core_size(20, 1.5, 200))
+    for s in range(0, 200, 64):
+        top.push(
+            mak_score(pool["ecle"][s : s + 64], pool["proximity"][s : s + 64], stats=stats),
+            np.arange(s, min(200, s + 64)),
+        )
+    core = top.result()[0]
+    sub = {k: (v[core] if k != "target_embeddings" else v) for k, v in pool.items()}
+    streamed = select_mak(k=20, stats=stats, **sub)
+    assert streamed.ids.tolist() == select_mak(k=20, **pool).ids.tolist()
+
+
+def test_baselines_share_the_interface(pool):
+    for method in METHODS:
+        sel = select(method, k=15, seed=3, **pool)
+        assert sel.method == method and len(sel.ids) == 15 and len(set(sel.index.tolist())) == 15
+        assert sel.scores is not None and sel.scores.shape == (15,)
+    assert select("tailness", k=5, **pool).index.tolist() == np.argsort(-pool["ecle"])[:5].tolist()
+    assert select("proximity", k=5, **pool).index.tolist() == np.argsort(pool["proximity"])[:5].tolist()
+    kc = select("kcenter", k=5, **pool)
+    assert kc.index.tolist() == greedy_k_center(pool["embeddings"], 5, pool["target_embeddings"])[0].tolist()
+    r1, r2 = select("random", k=10, seed=1, **pool), select("random", k=10, seed=1, **pool)
+    assert np.array_equal(r1.index, r2.index)
+    assert not np.array_equal(r1.index, select("random", k=10, seed=2, **pool).index)
+
+
+def test_ties_go_to_the_lower_position():
+    sel = select("tailness", k=2, ecle=np.array([1.0, 3.0, 3.0, 3.0]))
+    assert sel.index.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "method,kwargs,match",
+    [
+        ("mak", dict(k=0), "k must be positive"),
+        ("mak", dict(k=500), "larger than"),
+        ("nope", dict(k=1), "unknown selection method"),
+        ("tailness", dict(k=2, ecle=None), "needs ecle"),
+    ],
+)
+def test_selection_bad_input(pool, method, kwargs, match):
+    args = {**pool, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        select(method, **args)
+
+
+def test_length_mismatch(pool):
+    with pytest.raises(ValueError, match="length mismatch"):
+        select("mak", k=5, **{**pool, "ecle": pool["ecle"][:-1]})
+    with pytest.raises(ValueError, match="core_ratio"):
+        select("mak", k=5, core_ratio=0.5, **pool)
