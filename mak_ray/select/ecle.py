@@ -33,12 +33,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .validate import as_float_array, check_nonzero_rows
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ def ecle(
     per-sample RNG keys for the bank draws (ints or strings; default the sample
     index); ignored without a bank.
     """
+    import torch
+
     z = _normalised_views("views", views)
     r_views, n, _ = z.shape
     if temperature <= 0 or not np.isfinite(temperature):
@@ -108,6 +112,8 @@ def _normalised_views(name: str, x: Any) -> np.ndarray:
 
 
 def _ecle_in_batch(z: torch.Tensor, t: float, batch_size: int, repeats: int, seed: int) -> np.ndarray:
+    import torch
+
     n = z.shape[1]
     if n <= batch_size:  # one batch: every batching is the same, so one pass is exact
         return _batch_losses(z, t).numpy().astype(np.float64)
@@ -122,6 +128,8 @@ def _ecle_in_batch(z: torch.Tensor, t: float, batch_size: int, repeats: int, see
 
 
 def _batch_losses(zb: torch.Tensor, t: float) -> torch.Tensor:
+    import torch
+
     """Mean NT-Xent loss over all view pairs for one batch [R, B, D] of unit vectors."""
     r_views, b, d = zb.shape
     flat = zb.reshape(r_views * b, d)
@@ -222,6 +230,8 @@ def draw_negatives(keys_u64: np.ndarray, bank_size: int, count: int, *, seed: in
 def _ecle_bank(
     z: torch.Tensor, bank: torch.Tensor, keys_u64: np.ndarray, t: float, n_neg: int, repeats: int, seed: int
 ) -> np.ndarray:
+    import torch
+
     r_views, n, d = z.shape
     m = bank.shape[1]
     bank_flat = bank.reshape(r_views * m, d)  # row v*M + j = bank sample j, view v
