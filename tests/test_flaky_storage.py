@@ -6,17 +6,22 @@ same results as without faults.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from mak_ray import storage
 from tests.faultproxy import FAULT_KINDS, FaultProxy
+from tests.rayprocs import stop_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 FAULT_RATE = 0.25
@@ -68,7 +73,7 @@ def test_writes_listing_and_parquet_reads_survive_faults(
     """Multipart uploads, HEAD, listing and Parquet reads retry through 500, 503 and resets."""
     proxy.fault_rate = FAULT_RATE
     root = f"{s3_bucket}/flaky"
-    tables = {i: sample_table(300 + 50 * i, seed=i) for i in range(8)}
+    tables = {i: sample_table(300 + 50 * i, seed=i) for i in range(6)}
     for i, t in tables.items():
         storage.write_parquet(t, storage.join(root, "scores", f"shard={i:02d}", "part-0.parquet"))
         storage.write_json(storage.join(root, "scores", "_markers", f"{i:02d}.json"), {"shard": i, "rows": t.num_rows})
@@ -76,9 +81,9 @@ def test_writes_listing_and_parquet_reads_survive_faults(
     storage.write_bytes(storage.join(root, "bank.bin"), big)
 
     listed = storage.list_files(storage.join(root, "scores"), (".parquet",))
-    assert listed == [storage.join(root, "scores", f"shard={i:02d}", "part-0.parquet") for i in range(8)]
+    assert listed == [storage.join(root, "scores", f"shard={i:02d}", "part-0.parquet") for i in range(6)]
     markers = storage.list_files(storage.join(root, "scores", "_markers"))
-    assert markers == [storage.join(root, "scores", "_markers", f"{i:02d}.json") for i in range(8)]
+    assert markers == [storage.join(root, "scores", "_markers", f"{i:02d}.json") for i in range(6)]
     for i, t in tables.items():
         assert storage.read_parquet(listed[i]).equals(t)
     whole = storage.read_parquet(storage.join(root, "scores"), columns=["id", "ecle"])
@@ -109,7 +114,7 @@ def test_small_object_reads_survive_faults(proxy: FaultProxy, s3_bucket: str) ->
     So small reads need a retry above pyarrow (in mak_ray.storage).
     """
     root = f"{s3_bucket}/small"
-    objects = {storage.join(root, f"{i:02d}.json"): {"shard": i, "ok": True} for i in range(10)}
+    objects = {storage.join(root, f"{i:02d}.json"): {"shard": i, "ok": True} for i in range(8)}
     for uri, obj in objects.items():
         storage.write_json(uri, obj)
     storage.write_text(storage.join(root, "ids.txt"), "a\nb\n")
@@ -119,3 +124,89 @@ def test_small_object_reads_survive_faults(proxy: FaultProxy, s3_bucket: str) ->
             assert storage.read_json(uri) == obj
         assert storage.read_text(storage.join(root, "ids.txt")).split() == ["a", "b"]
     assert_every_kind_injected(proxy)
+
+
+# ------------------------------------------------------------------------------------------ the score stage
+
+
+def seed_score_inputs(root: str, pool: str) -> list[str]:
+    """A run prefix where pretrain and embed_target are complete: a seeded random model and centroids.
+
+    Scoring only needs *a* model and centroids; training one would cost minutes and test nothing here.
+    """
+    import torch
+
+    from mak_ray.config import load_config
+    from mak_ray.models import build_model, save_model
+    from mak_ray.pipeline import _write_npy, mark_done
+
+    overrides = [f"data.pool={pool}", f"run.output_uri={root}", "score.num_actors=1"]
+    cfg = load_config(str(REPO / "configs" / "tiny.yaml"), overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    save_model(model, cfg.model, f"{root}/pretrain/model.pt")
+    mark_done(f"{root}/pretrain")
+    centroids = np.random.default_rng(0).standard_normal((cfg.score.centroids, model.feature_dim)).astype(np.float32)
+    _write_npy(f"{root}/embed/target/centroids.npy", centroids)
+    mark_done(f"{root}/embed/target")
+    return overrides
+
+
+def run_score_job(overrides: list[str], endpoint: str, timeout_s: float = 150) -> subprocess.CompletedProcess:
+    """``python -m jobs.score`` in a subprocess with its own local Ray instance, talking to S3 at ``endpoint``.
+
+    A subprocess because Ray workers inherit the environment at start: the session's Ray instance already
+    points at the fault-free endpoint. The instance gets its own temp dir, so it is stopped on its own.
+    """
+    ray_tmp = tempfile.mkdtemp(prefix="fs-", dir="/tmp")
+    env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, RAY_TMPDIR=ray_tmp, PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "jobs.score", "--config", "configs/tiny.yaml", *overrides]
+    try:
+        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+    finally:
+        stop_cluster(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_score_stage_under_faults_matches_fault_free_run(
+    ray_session: None, s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    """Score the tiny pool twice, once straight to moto (in this process, on the session's Ray instance) and
+    once through the fault proxy (the score job in a subprocess): same rows, same ECLE, proximity and
+    embeddings, nothing failed, nothing lost or duplicated."""
+    from mak_ray.config import load_config
+    from mak_ray.demo.make import make_demo_data
+    from mak_ray.pipeline import run_stage
+
+    info = make_demo_data(str(tmp_path / "demo"), "tiny", synthetic=True)
+    pool = f"{s3_bucket}/inputs/pool"
+    part = sorted(Path(info["paths"]["pool"]).glob("*.parquet"))[0]  # one shard (100 images) keeps it short
+    storage.write_bytes(f"{pool}/{part.name}", part.read_bytes())
+    n_pool = pq.ParquetFile(part).metadata.num_rows
+    runs = {"clean": f"{s3_bucket}/runs/clean", "flaky": f"{s3_bucket}/runs/flaky"}
+    overrides = {name: seed_score_inputs(root, pool) for name, root in runs.items()}
+
+    t0 = time.monotonic()
+    run_stage("score", load_config(str(REPO / "configs" / "tiny.yaml"), overrides["clean"]))
+    t1 = time.monotonic()
+    with FaultProxy(s3_endpoint, fault_rate=FAULT_RATE, seed=99) as proxy:
+        flaky = run_score_job(overrides["flaky"], proxy.url)
+    print(f"score job: {t1 - t0:.0f} s fault-free, {time.monotonic() - t1:.0f} s through the proxy")
+    print(f"faults injected: {dict(proxy.faults)}, forwarded: {dict(proxy.forwarded)}")
+    assert flaky.returncode == 0, flaky.stderr[-8000:]
+    for kind in FAULT_KINDS:
+        assert proxy.faults[kind] > 0, f"no {kind} fault was injected: {dict(proxy.faults)}"
+
+    columns = ["id", "ecle", "proximity", "embedding", "label", "error"]
+    tables = {name: storage.read_parquet(f"{root}/score", columns=columns).sort_by("id") for name, root in runs.items()}
+    assert tables["clean"].num_rows == n_pool
+    assert tables["clean"].column("error").null_count == n_pool  # nothing failed, in either run
+    ids = tables["flaky"].column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == n_pool
+    for col in columns:
+        assert tables["flaky"].column(col).equals(tables["clean"].column(col)), col
+    summaries = {name: storage.read_json(f"{root}/score/summary.json") for name, root in runs.items()}
+    for key in ("inputs", "scored", "failed", "failed_by_reason"):
+        assert summaries["flaky"][key] == summaries["clean"][key], key
+    assert summaries["flaky"]["inputs"] == summaries["flaky"]["scored"] == n_pool

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.rayprocs import stop_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -44,65 +44,6 @@ class LocalCluster:
     dashboard_url: str
     env: dict[str, str]  # environment of the cluster and of the `ray job` CLI calls
     secret: str  # the AWS secret key the cluster was started with (moto accepts any)
-
-
-# ------------------------------------------------------------------------------------------ process bookkeeping
-
-
-def _proc_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) for every process we can read."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        table[int(entry)] = (ppid, cmd)
-    return table
-
-
-def cluster_pids(temp_dir: str) -> set[int]:
-    """Processes of the cluster rooted at ``temp_dir``: those naming it on their command line, and descendants."""
-    table = _proc_table()
-    pids = {pid for pid, (_, cmd) in table.items() if temp_dir in cmd and pid != os.getpid()}
-    grew = True
-    while grew:
-        children = {pid for pid, (ppid, _) in table.items() if ppid in pids} - pids
-        grew = bool(children)
-        pids |= children
-    return pids
-
-
-def stop_cluster(temp_dir: str, grace_s: float = 15.0) -> None:
-    """SIGTERM the cluster's own processes, then SIGKILL what is left after ``grace_s``."""
-    pids = cluster_pids(temp_dir)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            pids = {p for p in pids if os.path.exists(f"/proc/{p}") and not _is_zombie(p)}
-            if not pids:
-                return
-            time.sleep(0.3)
-        pids |= cluster_pids(temp_dir)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -150,8 +91,7 @@ def ray_cluster(s3_endpoint: str) -> Iterator[LocalCluster]:
         _wait_for_job_api(url)
         yield LocalCluster(temp_dir=temp_dir, dashboard_url=url, env=env, secret=secret)
     finally:
-        stop_cluster(temp_dir)
-        left = cluster_pids(temp_dir)
+        left = stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not left, f"cluster processes still alive after stop: {sorted(left)}"
 
@@ -274,3 +214,49 @@ def test_smoke_job_runs_in_venv_and_reaches_s3(ray_cluster: LocalCluster, s3_buc
     # the working dir was shipped: the driver imports mak_ray from the unpacked package, not from the checkout
     line = next(x for x in logs.splitlines() if x.startswith("driver python"))
     assert "runtime_resources/working_dir_files/" in line, line
+
+
+def test_pipeline_job_on_s3(ray_cluster: LocalCluster, s3_bucket: str, s3_endpoint: str, tmp_path: Path) -> None:
+    """The tiny pipeline as a submitted job, inputs and outputs on S3; outputs complete, nothing written
+    outside the run's prefix, and the secret key in no output and no log."""
+    from mak_ray import storage
+    from mak_ray.config import load_config
+    from mak_ray.demo.make import make_demo_data
+
+    local = tmp_path / "demo"
+    info = make_demo_data(str(local), "tiny", synthetic=True)
+    bucket = s3_bucket[len("s3://") :]
+    upload_dir(s3_endpoint, local, bucket, "inputs")
+    input_keys = set(bucket_keys(s3_endpoint, bucket))
+    inputs = {k: f"{s3_bucket}/inputs/{Path(v).relative_to(local).as_posix()}" for k, v in info["paths"].items()}
+    out = f"{s3_bucket}/runs/tiny"
+    overrides = [f"data.{k}={inputs[k]}" for k in ("target", "pool", "eval_train", "eval_test")]
+    overrides.append(f"run.output_uri={out}")
+
+    t0 = time.monotonic()
+    job_id = submit(ray_cluster, ["python", "-m", "jobs.pipeline", "--config", "configs/tiny.yaml", *overrides])
+    status, logs = wait_for_job(ray_cluster, job_id)
+    seconds = time.monotonic() - t0
+    assert status == "SUCCEEDED", f"job {job_id} ended {status} after {seconds:.0f} s; logs:\n{logs[-20000:]}"
+    print(f"pipeline job {job_id} SUCCEEDED in {seconds:.0f} s")
+
+    cfg = load_config(str(REPO / "configs" / "tiny.yaml"), overrides)
+    for method in cfg.select.methods:
+        ids = storage.read_text(f"{out}/select/{method}/selection.txt").split()
+        assert len(ids) == cfg.select.budget == len(set(ids)), method
+    summary = storage.read_json(f"{out}/summary.json")
+    assert summary["inputs"] == info["sizes"]["pool"]
+    assert summary["inputs"] == summary["scored"] + summary["failed"]
+    assert summary["selected"] == {m: cfg.select.budget for m in cfg.select.methods}
+    assert "<html" in storage.read_text(f"{out}/report/index.html").lower()
+
+    # security: the job wrote only under its output prefix and left the inputs as they were
+    keys = set(bucket_keys(s3_endpoint, bucket))
+    outside = sorted(k for k in keys - input_keys if not k.startswith("runs/tiny/"))
+    assert not outside, f"objects written outside the output prefix: {outside[:20]}"
+    assert {k for k in keys if k.startswith("inputs/")} == input_keys
+    # ... and the secret key is in no output object, not in the job's logs, not in any cluster log file
+    leaked = [k for k in sorted(keys - input_keys) if ray_cluster.secret.encode() in storage.read_bytes(f"{s3_bucket}/{k}")]
+    assert not leaked, f"secret key found in outputs: {leaked}"
+    assert ray_cluster.secret not in logs
+    assert not grep_tree(ray_cluster.temp_dir, ray_cluster.secret)
