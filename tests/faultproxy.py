@@ -32,7 +32,12 @@ from urllib.parse import urlparse
 FAULT_KINDS = ("500", "503", "reset")
 
 _ERRORS = {
-    "500": (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
+    "500": (
+        500,
+        "Internal Server Error",
+        "InternalError",
+        "We encountered an internal error. Please try again.",
+    ),
     "503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
 }
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection"}
@@ -183,7 +188,9 @@ class _Handler(socketserver.StreamRequestHandler):
         body: bytes,
         keep_alive: bool,
     ) -> None:
-        with socket.create_connection((proxy.upstream_host, proxy.upstream_port), timeout=proxy.io_timeout) as up:
+        with socket.create_connection(
+            (proxy.upstream_host, proxy.upstream_port), timeout=proxy.io_timeout
+        ) as up:
             up.sendall(request_line + b"".join(header_lines) + b"\r\n" + body)
             resp = http.client.HTTPResponse(up, method=method)
             resp.begin()
@@ -193,7 +200,9 @@ class _Handler(socketserver.StreamRequestHandler):
             data = resp.read()
             lines = [f"HTTP/1.1 {resp.status} {resp.reason}\r\n"]
             for name, value in resp.getheaders():
-                if name.lower() in _HOP_BY_HOP and not (method == "HEAD" and name.lower() == "content-length"):
+                if name.lower() in _HOP_BY_HOP and not (
+                    method == "HEAD" and name.lower() == "content-length"
+                ):
                     continue
                 lines.append(f"{name}: {value}\r\n")
             if method != "HEAD":
@@ -251,7 +260,9 @@ class FaultProxy:
         server.proxy = self
         self._server = server
         self.url = f"http://127.0.0.1:{server.server_address[1]}"
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
+        )
         self._thread.start()
         self._watchdog = threading.Timer(self.max_seconds, self.stop)
         self._watchdog.daemon = True

@@ -45,7 +45,9 @@ def sample_table(n: int, seed: int) -> pa.Table:
         {
             "id": [f"img-{seed}-{i:05d}" for i in range(n)],
             "ecle": pa.array(rng.random(n, dtype=np.float32)),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(rng.standard_normal(n * 8).astype(np.float16)), 8),
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(rng.standard_normal(n * 8).astype(np.float16)), 8
+            ),
             "label": pa.array([None if i % 7 == 0 else f"c{i % 5}" for i in range(n)], pa.string()),
         }
     )
@@ -76,7 +78,9 @@ def test_writes_listing_and_parquet_reads_survive_faults(
     tables = {i: sample_table(300 + 50 * i, seed=i) for i in range(6)}
     for i, t in tables.items():
         storage.write_parquet(t, storage.join(root, "scores", f"shard={i:02d}", "part-0.parquet"))
-        storage.write_json(storage.join(root, "scores", "_markers", f"{i:02d}.json"), {"shard": i, "rows": t.num_rows})
+        storage.write_json(
+            storage.join(root, "scores", "_markers", f"{i:02d}.json"), {"shard": i, "rows": t.num_rows}
+        )
     big = np.random.default_rng(7).bytes(6 * 1024 * 1024)
     storage.write_bytes(storage.join(root, "bank.bin"), big)
 
@@ -97,7 +101,9 @@ def test_writes_listing_and_parquet_reads_survive_faults(
     clean = with_endpoint(s3_endpoint, storage.read_parquet, storage.join(root, "scores"))
     assert clean.sort_by("id").equals(pa.concat_tables(tables.values()).sort_by("id"))
     for i, t in tables.items():
-        marker = with_endpoint(s3_endpoint, storage.read_json, storage.join(root, "scores", "_markers", f"{i:02d}.json"))
+        marker = with_endpoint(
+            s3_endpoint, storage.read_json, storage.join(root, "scores", "_markers", f"{i:02d}.json")
+        )
         assert marker == {"shard": i, "rows": t.num_rows}
     assert with_endpoint(s3_endpoint, storage.read_bytes, storage.join(root, "bank.bin")) == big
     assert_every_kind_injected(proxy)
@@ -146,7 +152,9 @@ def seed_score_inputs(root: str, pool: str) -> list[str]:
     model = build_model(cfg.model)
     save_model(model, cfg.model, f"{root}/pretrain/model.pt")
     mark_done(f"{root}/pretrain")
-    centroids = np.random.default_rng(0).standard_normal((cfg.score.centroids, model.feature_dim)).astype(np.float32)
+    centroids = (
+        np.random.default_rng(0).standard_normal((cfg.score.centroids, model.feature_dim)).astype(np.float32)
+    )
     _write_npy(f"{root}/embed/target/centroids.npy", centroids)
     mark_done(f"{root}/embed/target")
     return overrides
@@ -199,7 +207,10 @@ def test_score_stage_under_faults_matches_fault_free_run(
         assert proxy.faults[kind] > 0, f"no {kind} fault was injected: {dict(proxy.faults)}"
 
     columns = ["id", "ecle", "proximity", "embedding", "label", "error"]
-    tables = {name: storage.read_parquet(f"{root}/score", columns=columns).sort_by("id") for name, root in runs.items()}
+    tables = {
+        name: storage.read_parquet(f"{root}/score", columns=columns).sort_by("id")
+        for name, root in runs.items()
+    }
     assert tables["clean"].num_rows == n_pool
     assert tables["clean"].column("error").null_count == n_pool  # nothing failed, in either run
     ids = tables["flaky"].column("id").to_pylist()

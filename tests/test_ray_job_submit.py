@@ -33,8 +33,18 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-EXCLUDES = [".git", ".venv", "runs", "demo-data", "bench-out", "data", "**/__pycache__", ".pytest_cache",
-            "*.egg-info", ".ruff_cache"]
+EXCLUDES = [
+    ".git",
+    ".venv",
+    "runs",
+    "demo-data",
+    "bench-out",
+    "data",
+    "**/__pycache__",
+    ".pytest_cache",
+    "*.egg-info",
+    ".ruff_cache",
+]
 JOB_TIMEOUT_S = 8 * 60
 
 
@@ -165,7 +175,11 @@ def upload_dir(s3_endpoint: str, local: Path, bucket: str, prefix: str) -> int:
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     files = [p for p in local.rglob("*") if p.is_file()]
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda p: s3.upload_file(str(p), bucket, f"{prefix}/{p.relative_to(local).as_posix()}"), files))
+        list(
+            pool.map(
+                lambda p: s3.upload_file(str(p), bucket, f"{prefix}/{p.relative_to(local).as_posix()}"), files
+            )
+        )
     return len(files)
 
 
@@ -199,7 +213,9 @@ print("driver python", sys.executable, "mak_ray from", os.path.dirname(storage._
 """
 
 
-def test_smoke_job_runs_in_venv_and_reaches_s3(ray_cluster: LocalCluster, s3_bucket: str, s3_endpoint: str) -> None:
+def test_smoke_job_runs_in_venv_and_reaches_s3(
+    ray_cluster: LocalCluster, s3_bucket: str, s3_endpoint: str
+) -> None:
     """A trivial job: its driver and a task run the venv's Python, import mak_ray, and write to moto."""
     from mak_ray import storage
 
@@ -216,7 +232,9 @@ def test_smoke_job_runs_in_venv_and_reaches_s3(ray_cluster: LocalCluster, s3_buc
     assert "runtime_resources/working_dir_files/" in line, line
 
 
-def test_pipeline_job_on_s3(ray_cluster: LocalCluster, s3_bucket: str, s3_endpoint: str, tmp_path: Path) -> None:
+def test_pipeline_job_on_s3(
+    ray_cluster: LocalCluster, s3_bucket: str, s3_endpoint: str, tmp_path: Path
+) -> None:
     """The tiny pipeline as a submitted job, inputs and outputs on S3; outputs complete, nothing written
     outside the run's prefix, and the secret key in no output and no log."""
     from mak_ray import storage
@@ -228,13 +246,17 @@ def test_pipeline_job_on_s3(ray_cluster: LocalCluster, s3_bucket: str, s3_endpoi
     bucket = s3_bucket[len("s3://") :]
     upload_dir(s3_endpoint, local, bucket, "inputs")
     input_keys = set(bucket_keys(s3_endpoint, bucket))
-    inputs = {k: f"{s3_bucket}/inputs/{Path(v).relative_to(local).as_posix()}" for k, v in info["paths"].items()}
+    inputs = {
+        k: f"{s3_bucket}/inputs/{Path(v).relative_to(local).as_posix()}" for k, v in info["paths"].items()
+    }
     out = f"{s3_bucket}/runs/tiny"
     overrides = [f"data.{k}={inputs[k]}" for k in ("target", "pool", "eval_train", "eval_test")]
     overrides.append(f"run.output_uri={out}")
 
     t0 = time.monotonic()
-    job_id = submit(ray_cluster, ["python", "-m", "jobs.pipeline", "--config", "configs/tiny.yaml", *overrides])
+    job_id = submit(
+        ray_cluster, ["python", "-m", "jobs.pipeline", "--config", "configs/tiny.yaml", *overrides]
+    )
     status, logs = wait_for_job(ray_cluster, job_id)
     seconds = time.monotonic() - t0
     assert status == "SUCCEEDED", f"job {job_id} ended {status} after {seconds:.0f} s; logs:\n{logs[-20000:]}"
@@ -256,7 +278,11 @@ def test_pipeline_job_on_s3(ray_cluster: LocalCluster, s3_bucket: str, s3_endpoi
     assert not outside, f"objects written outside the output prefix: {outside[:20]}"
     assert {k for k in keys if k.startswith("inputs/")} == input_keys
     # ... and the secret key is in no output object, not in the job's logs, not in any cluster log file
-    leaked = [k for k in sorted(keys - input_keys) if ray_cluster.secret.encode() in storage.read_bytes(f"{s3_bucket}/{k}")]
+    leaked = [
+        k
+        for k in sorted(keys - input_keys)
+        if ray_cluster.secret.encode() in storage.read_bytes(f"{s3_bucket}/{k}")
+    ]
     assert not leaked, f"secret key found in outputs: {leaked}"
     assert ray_cluster.secret not in logs
     assert not grep_tree(ray_cluster.temp_dir, ray_cluster.secret)
