@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +62,104 @@ def with_endpoint(endpoint: str, fn, *args):
         return fn(*args)
     finally:
         os.environ["AWS_ENDPOINT_URL"] = saved
+
+
+class RecordingUpstream:
+    """A loopback HTTP server that records the raw bytes of each request and answers 200 with a fixed body."""
+
+    def __init__(self) -> None:
+        import socketserver
+
+        self.requests: list[bytes] = []
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                raw = b""
+                while not raw.endswith(b"\r\n\r\n"):
+                    raw += self.rfile.readline()
+                head = raw.decode("latin-1").lower()
+                if "transfer-encoding: chunked" in head:
+                    while True:  # chunk-size line, then data; a zero size ends the body after the blank line
+                        size_line = self.rfile.readline()
+                        raw += size_line
+                        size = int(size_line.split(b";")[0], 16)
+                        if size == 0:
+                            raw += self.rfile.readline()
+                            break
+                        raw += self.rfile.read(size + 2)
+                elif "content-length:" in head:
+                    n = int(head.split("content-length:")[1].split("\r\n")[0])
+                    raw += self.rfile.read(n)
+                outer.requests.append(raw)
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def raw_exchange(url: str, request: bytes) -> bytes:
+    """Send raw request bytes, return everything the server answers until it closes or goes quiet."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    with socket.create_connection((u.hostname, u.port), timeout=5) as sock:
+        sock.sendall(request)
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+                if b"\r\n\r\n" in out and (out.endswith(b"hello") or out.endswith(b"</Error>")):
+                    break
+        except ConnectionResetError:
+            return out + b"<RESET>"
+        except TimeoutError:
+            pass
+    return out
+
+
+def test_proxy_forwards_verbatim_and_injects_each_fault() -> None:
+    """Headers (Host, case, order) and bodies, plain and chunked, reach the upstream byte for byte;
+    each fault kind gives what an S3 client sees from a real server."""
+    upstream = RecordingUpstream()
+    plain = (
+        b"PUT /bkt/a%20b.json?x-id=PutObject HTTP/1.1\r\nHost: s3.example:9000\r\nX-Amz-Date: 20260101T000000Z\r\n"
+        b"authorization: AWS4-HMAC-SHA256 Credential=k/x, Signature=abc\r\nContent-Length: 11\r\n"
+        b"Connection: close\r\n\r\nhello world"
+    )
+    chunked = (
+        b"PUT /bkt/c HTTP/1.1\r\nHost: 127.0.0.1:1\r\nContent-Encoding: aws-chunked\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"5;chunk-signature=ab\r\nhello\r\n0;chunk-signature=cd\r\n\r\n"
+    )
+    try:
+        with FaultProxy(upstream.url, fault_rate=0.0) as proxy:
+            for request in (plain, chunked):
+                assert raw_exchange(proxy.url, request).endswith(b"hello")
+            assert upstream.requests == [plain, chunked]
+            # Expect: 100-continue is answered by the proxy and not forwarded (clients never sign it)
+            expect = plain.replace(b"Connection: close\r\n", b"Expect: 100-continue\r\nConnection: close\r\n")
+            answer = raw_exchange(proxy.url, expect)
+            assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200")
+            assert upstream.requests[-1] == plain
+        for kind, expected in (("500", b"<Code>InternalError</Code>"), ("503", b"<Code>SlowDown</Code>")):
+            with FaultProxy(upstream.url, fault_rate=1.0, kinds=(kind,)) as proxy:
+                answer = raw_exchange(proxy.url, plain)
+            assert answer.startswith(f"HTTP/1.1 {kind} ".encode()) and expected in answer
+            assert proxy.faults[kind] == 1
+        with FaultProxy(upstream.url, fault_rate=1.0, kinds=("reset",)) as proxy:
+            assert raw_exchange(proxy.url, plain) == b"<RESET>"
+        assert proxy.faults["reset"] == 1
+        assert len(upstream.requests) == 3  # failed requests never reach the upstream
+    finally:
+        upstream.close()
 
 
 def assert_every_kind_injected(proxy: FaultProxy) -> None:
