@@ -227,6 +227,7 @@ def test_smoke_job_runs_in_venv_and_reaches_s3(
     assert Path(got["exe"]).parent == VENV_BIN, got
     assert got["endpoint"] == s3_endpoint
     assert "wrote" in logs and ray_cluster.secret not in logs
+    assert not grep_tree(ray_cluster.temp_dir, ray_cluster.secret)  # nor in any file of the cluster's temp dir
     # the working dir was shipped: the driver imports mak_ray from the unpacked package, not from the checkout
     line = next(x for x in logs.splitlines() if x.startswith("driver python"))
     assert "runtime_resources/working_dir_files/" in line, line
