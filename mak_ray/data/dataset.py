@@ -30,6 +30,7 @@ from mak_ray.data.readers import Record, iter_records
 from mak_ray.data.sources import Shard
 
 OUTPUT_BATCH_BYTES = 32 * 1024 * 1024  # decoded images per yielded batch, so a batch never grows with the shard
+DEFAULT_BATCH_ROWS = 256  # rows per yielded block: small blocks let an actor pool share one shard's rows
 MAX_READ_BLOCKS = 4096  # more shards than this share read tasks (sequentially), keeping driver metadata small
 
 DUPLICATE_ID = "duplicate_id"
@@ -73,7 +74,8 @@ def read_shard(shard: Shard, data: DataSection, batch_rows: int | None = None) -
     """Decoded batches of one shard (see the module docstring for the columns)."""
     size = data.image_size
     if batch_rows is None:
-        batch_rows = max(1, min(1024, OUTPUT_BATCH_BYTES // (size * size * 3)))
+        batch_rows = DEFAULT_BATCH_ROWS
+    batch_rows = max(1, min(batch_rows, OUTPUT_BATCH_BYTES // (size * size * 3)))
     seen: set[str] = set()
     ids: list[str] = []
     labels: list[str | None] = []
@@ -122,14 +124,18 @@ def read_shard(shard: Shard, data: DataSection, batch_rows: int | None = None) -
             first_row = row
 
 
-def _read_shards(batch: dict[str, np.ndarray], data: dict) -> Iterator[pa.Table]:
+def _read_shards(batch: dict[str, np.ndarray], data: dict, batch_rows: int | None) -> Iterator[pa.Table]:
     section = DataSection(**data)
     for text in batch["shard"]:
-        yield from read_shard(Shard.from_dict(json.loads(str(text))), section)
+        yield from read_shard(Shard.from_dict(json.loads(str(text))), section, batch_rows)
 
 
-def image_dataset(shards: list[Shard], data: DataSection):
-    """A lazy Ray Dataset of decoded rows over ``shards``; nothing is read until it is consumed."""
+def image_dataset(shards: list[Shard], data: DataSection, batch_rows: int | None = None):
+    """A lazy Ray Dataset of decoded rows over ``shards``; nothing is read until it is consumed.
+
+    ``batch_rows``: rows per output block (default 256, fewer for large images). The scorer passes its
+    batch size, so every block is one actor call and the pool's actors share even a single shard.
+    """
     import dataclasses
 
     import ray
@@ -139,6 +145,6 @@ def image_dataset(shards: list[Shard], data: DataSection):
     return ds.map_batches(
         _read_shards,
         batch_size=1,
-        fn_kwargs={"data": dataclasses.asdict(data)},
+        fn_kwargs={"data": dataclasses.asdict(data), "batch_rows": batch_rows},
         num_cpus=1,
     )

@@ -89,7 +89,7 @@ def compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard]) -> np.ndar
     sc = cfg.score
     want = int(math.ceil(sc.bank_size * 1.1)) + 16  # slack for rows that fail to decode
     cand, keep = _candidate_shards(cfg, shards, want)
-    ds = image_dataset(cand, cfg.data)
+    ds = image_dataset(cand, cfg.data, batch_rows=sc.batch_size)
     if keep is not None:
         ds = ds.map_batches(_keep_ids(frozenset(keep)))
     params = ScorerParams(model_uri=model_uri, mode="bank", image_size=cfg.data.image_size, views=sc.views,

@@ -213,7 +213,7 @@ def _run(
         if centroids is not None:
             ctor["centroids"] = ray.put(np.ascontiguousarray(centroids, dtype=np.float32))
         records = (
-            image_dataset(todo, cfg.data)
+            image_dataset(todo, cfg.data, batch_rows=sc.batch_size)
             .map_batches(
                 PoolScorer,
                 fn_constructor_kwargs=ctor,

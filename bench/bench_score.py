@@ -1,0 +1,163 @@
+"""Scoring throughput: the Ray Data pipeline against a hand-written single-process loop, side by side.
+
+Both paths use the same model file, images, seeded augmentations, negative bank, ECLE and proximity code;
+the hand loop reads, decodes and scores files in order in this process (torch on every core) and writes
+nothing, the pipeline reads, decodes, scores on an actor pool and writes Parquet with markers. The ratio
+pipeline/hand is the pipeline's efficiency (goal >= 0.9). Memory: the driver's peak resident set during
+the pipeline (sampled) and the actors' peak (their own getrusage) at N and 4N images must stay flat.
+
+    python -m bench.bench_score                 # 200 and 800 images (~3 min on a quiet 2-CPU machine)
+    python -m bench.bench_score --full          # 2,000 and 8,000 images (the issue's sizes; ~30 min here)
+    python -m bench.bench_score --sizes 500 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+
+def current_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class RssSampler:
+    """Peak of this process's current resident set while active (ru_maxrss never goes down)."""
+
+    def __init__(self, every_s: float = 0.1) -> None:
+        self.every_s, self.peak, self._stop = every_s, 0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, current_rss())
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> RssSampler:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def make_pool(root: str, n: int, size: int, seed: int = 0) -> None:
+    from mak_ray.data.samples import good_image_bytes
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        d = os.path.join(root, f"c{i % 10}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"{i:06d}.png"), "wb") as f:
+            f.write(good_image_bytes(rng, "PNG", size))
+
+
+def hand_loop(cfg, model_uri: str, bank: np.ndarray, centroids: np.ndarray, files: list[str]) -> float:
+    """The same work without Ray: returns images/s."""
+    import torch
+
+    from mak_ray import storage
+    from mak_ray.augment import clean_batch, seeded_views
+    from mak_ray.data.decode import decode_image
+    from mak_ray.models import load_model
+    from mak_ray.select.ecle import ecle
+    from mak_ray.select.proximity import proximity
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    sc, size = cfg.score, cfg.data.image_size
+    t0 = time.perf_counter()
+    model = load_model(model_uri)
+    ecle_bs = min(sc.ecle_batch_size, bank.shape[1] + 1)
+    for s in range(0, len(files), sc.batch_size):
+        chunk = files[s : s + sc.batch_size]
+        imgs = np.stack([decode_image(storage.read_bytes(f), size, cfg.data.max_pixels)[0] for f in chunk])
+        with torch.inference_mode():
+            v = seeded_views(imgs, chunk, sc.views, cfg.run.seed, size)
+            r, b = v.shape[:2]
+            z = model(v.reshape(r * b, *v.shape[2:])).reshape(r, b, -1).numpy()
+            emb = model.embed(clean_batch(imgs, size)).numpy()
+        ecle(z, bank, temperature=sc.temperature, batch_size=ecle_bs, repeats=sc.ecle_repeats, seed=cfg.run.seed,
+             keys=chunk)
+        proximity(emb, centroids)
+    return len(files) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[200, 800])
+    ap.add_argument("--full", action="store_true", help="the issue's sizes: 2,000 and 8,000 images")
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--width", type=int, default=16, help="ResNet-18 first-stage width")
+    ap.add_argument("--views", type=int, default=4)
+    ap.add_argument("--actors", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=64)
+    args = ap.parse_args()
+    if args.full:
+        args.sizes = [2000, 8000]
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+    import ray
+    import torch
+
+    from mak_ray import storage
+    from mak_ray.config import ModelSection, config_from_dict
+    from mak_ray.data import plan_from_config
+    from mak_ray.models import build_model, save_model
+    from mak_ray.score import score_pool
+    from mak_ray.score.bank import load_or_compute_bank
+
+    tmp = tempfile.mkdtemp(prefix="bench-score-")
+    torch.manual_seed(0)
+    mcfg = ModelSection(arch="resnet18", width=args.width, small_stem=True, proj_dim=64)
+    model = build_model(mcfg)
+    model_uri = os.path.join(tmp, "model.pt")
+    save_model(model, mcfg, model_uri)
+    rng = np.random.default_rng(1)
+    centroids = rng.normal(size=(10, model.feature_dim)).astype(np.float32)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix="rb-", dir="/tmp"))
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; model resnet18 width "
+          f"{args.width}, {args.image_size}px, {args.views} views, {args.actors} actors, batch {args.batch_size}")
+    print(f"{'images':>7} {'pipeline/s':>11} {'hand/s':>8} {'ratio':>6} {'driver peak MiB':>16} "
+          f"{'actor peak MiB':>15}")
+    for n in args.sizes:
+        pool = os.path.join(tmp, f"pool{n}")
+        make_pool(pool, n, args.image_size)
+        out = os.path.join(tmp, f"out{n}")
+        cfg = config_from_dict({
+            "run": {"output_uri": out, "seed": 0},
+            "data": {"pool": pool, "image_size": args.image_size, "files_per_shard": max(25, n // 8)},
+            "score": {"views": args.views, "bank_size": 512, "ecle_batch_size": 128, "ecle_repeats": 2,
+                      "batch_size": args.batch_size, "num_actors": args.actors, "min_actors": args.actors,
+                      "cpus_per_actor": 0.5, "log_every_s": 3600},
+        })
+        shards = plan_from_config(pool, cfg.data)
+        bank = load_or_compute_bank(cfg, model_uri, shards, out)  # built once, outside both timings
+        with RssSampler() as rss:
+            summary = score_pool(cfg, model_uri, centroids, out)
+        assert summary["inputs"] == n == summary["scored"]
+        files = [f for s in shards for f in s.paths]
+        hand = hand_loop(cfg, model_uri, bank, centroids, files)
+        pipe = summary["images_per_s"]
+        print(f"{n:>7} {pipe:>11.1f} {hand:>8.1f} {pipe / hand:>6.2f} {rss.peak / 2**20:>16.0f} "
+              f"{summary['actor_max_rss_bytes'] / 2**20:>15.0f}", flush=True)
+        storage.delete(pool)
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
