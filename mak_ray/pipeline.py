@@ -68,7 +68,7 @@ def _record_time(cfg: MakConfig, stage: str, seconds: float) -> None:
 
 
 def stage_pretrain(cfg: MakConfig) -> str:
-    from mak_ray.train import train_simclr
+    from mak_ray.train.trainer import train_simclr
     from mak_ray.training_data import training_dataset
 
     stage_dir = out(cfg, "pretrain")
@@ -122,7 +122,7 @@ def stage_select(cfg: MakConfig) -> str:
 
 
 def stage_retrain(cfg: MakConfig) -> str:
-    from mak_ray.train import train_simclr
+    from mak_ray.train.trainer import train_simclr
     from mak_ray.training_data import training_dataset
 
     for method in cfg.select.methods:
@@ -367,7 +367,7 @@ def run_demo(
     import yaml
 
     from mak_ray.config import config_from_dict
-    from mak_ray.demo import make_demo_data
+    from mak_ray.demo.make import make_demo_data
 
     data_out = data_out or f"demo-data/{preset}"
     output = output or f"runs/demo-{preset}"

@@ -9,7 +9,7 @@ import pytest
 
 from mak_ray import storage
 from mak_ray.config import load_config
-from mak_ray.demo import make_demo_data
+from mak_ray.demo.make import make_demo_data
 from mak_ray.pipeline import STAGES, run_pipeline, run_stage
 
 pytestmark = pytest.mark.slow
