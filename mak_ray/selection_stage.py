@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from mak_ray import storage
 from mak_ray.config import MakConfig
 from mak_ray.score import iter_score_columns, load_embeddings, load_valid_embeddings
-from mak_ray.select import ScoreStats, TopN, greedy_k_center, mak_score, two_stage_k_center
+from mak_ray.select import ScoreStats, TopN, mak_score, select, two_stage_k_center
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +105,23 @@ def run_selection(cfg: MakConfig, method: str, method_dir: str) -> dict:
         emb = load_embeddings(score_uri, cand["id"])
         target = load_valid_embeddings(storage.join(run, "embed", "target"))
         if cfg.select.kcenter_shards > 1:
+            two_stage: dict = {}
             shards = np.array_split(np.arange(len(emb)), cfg.select.kcenter_shards)
             picks, radius = two_stage_k_center(
-                [emb[s] for s in shards], k, init=target, per_shard_k=cfg.select.per_shard_k
+                [(s, emb[s]) for s in shards], k, init=target, per_shard_k=cfg.select.per_shard_k, stats=two_stage
             )
+            summary["two_stage"] = {k2: v for k2, v in two_stage.items() if k2 in ("per_shard_k", "radius_bound")}
         else:
-            picks, radius = greedy_k_center(emb, k, init=target, metric="cosine")
+            # The candidates are the top of the pool by the method's key, scored with pool-wide statistics,
+            # so the in-memory selector gives the same picks as it would over the whole pool.
+            chosen = select(method, k=k, ids=np.arange(len(emb)), ecle=cand["ecle"], proximity=cand["proximity"],
+                            embeddings=emb, target_embeddings=target, stats=stats,
+                            loss_weight=cfg.select.loss_weight, core_ratio=cfg.select.core_ratio)
+            picks, radius = chosen.index, chosen.radii
         picks = np.asarray(picks, np.int64)
-        summary["radius"] = [float(r) for r in np.asarray(radius)[[0, -1]]] if len(radius) else []
+        summary["radius_first_last"] = [float(radius[0]), float(radius[-1])] if len(radius) else []
     else:
-        picks = np.arange(k, dtype=np.int64)
+        picks = np.arange(k, dtype=np.int64)  # the streamed top-k is the selection, best first
     ids = [cand["id"][i] for i in picks]
     table = pa.table(
         {
