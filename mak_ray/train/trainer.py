@@ -32,6 +32,7 @@ MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "train_metrics.json"
 PROGRESS_LOG_S = 30.0
+SHUFFLE_BATCHES = 4  # per-worker shuffle buffer, in batches
 
 
 @dataclass
@@ -122,8 +123,9 @@ def _train_loop(config: dict[str, Any]) -> None:
         t0 = last_log = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         steps = 0
-        for batch in shard.iter_batches(
-            batch_size=local_batch, batch_format="numpy", drop_last=True, prefetch_batches=2
+        for batch in shard.iter_batches(  # local shuffle: batch composition (hence negatives) varies by epoch
+            batch_size=local_batch, batch_format="numpy", drop_last=True, prefetch_batches=2,
+            local_shuffle_buffer_size=SHUFFLE_BATCHES * local_batch,
         ):
             images = as_image_array(batch["image"])
             loss_sum += train_step(
@@ -213,7 +215,7 @@ def train_simclr(
     local_batch = section.batch_size // workers
     if local_batch < 2:
         raise ValueError(f"batch_size {section.batch_size} gives under 2 images per worker on {workers} workers")
-    dataset = dataset.select_columns(["image"])
+    dataset = dataset.select_columns(["image"]).randomize_block_order()
     rows = int(num_rows) if num_rows is not None else dataset.count()
     steps_per_epoch = (rows // workers) // local_batch
     if steps_per_epoch < 1:
