@@ -292,6 +292,14 @@ def preflight(cfg: MakConfig, stages: tuple[str, ...]) -> None:
                 raise ConfigError(f"data.{name}", f"stage '{stage}' needs it, but it is empty")
             if not storage.exists(uri):
                 raise ConfigError(f"data.{name}", f"{uri} does not exist (stage '{stage}' reads it)")
+    if {"score", "select"} & planned and not done(out(cfg, "select")):
+        try:
+            n_pool = known_inputs(cfg.data.pool, cfg) if cfg.data.pool and storage.exists(cfg.data.pool) else None
+        except ValueError as e:  # no inputs, mixed formats
+            raise ConfigError("data.pool", str(e)) from e
+        if n_pool is not None and cfg.select.budget > n_pool:
+            raise ConfigError("select.budget", f"{cfg.select.budget} is larger than the pool ({n_pool} images)")
+    for stage in stages:
         for need in NEEDS.get(stage, ()):
             if need not in planned and not done(out(cfg, *STAGE_DIRS[need])):
                 raise FileNotFoundError(
@@ -299,10 +307,6 @@ def preflight(cfg: MakConfig, stages: tuple[str, ...]) -> None:
                     f"{out(cfg, *STAGE_DIRS[need])}; run `mak-ray {need.replace('_', '-')}` or "
                     "`mak-ray pipeline` first"
                 )
-    if {"score", "select"} & planned and not done(out(cfg, "select")):
-        n_pool = known_inputs(cfg.data.pool, cfg) if cfg.data.pool and storage.exists(cfg.data.pool) else None
-        if n_pool is not None and cfg.select.budget > n_pool:
-            raise ConfigError("select.budget", f"{cfg.select.budget} is larger than the pool ({n_pool} images)")
 
 
 # ------------------------------------------------------------------------------------------- drivers
