@@ -16,7 +16,13 @@ from mak_ray.select import (
     mak_score,
     proximity,
 )
-from mak_ray.select.ecle import draw_negatives, keys_to_u64
+from mak_ray.select.ecle import (
+    bank_permutation,
+    draw_negatives,
+    keys_to_u64,
+    sample_offsets,
+    window_mask,
+)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -90,6 +96,58 @@ def test_ecle_bank_matches_reference_and_draws_are_distinct():
     np.testing.assert_allclose(got, ref_ecle_bank(views, bank, 0.2, 9, 3, 4), atol=1e-5)
     idx = draw_negatives(keys_to_u64(None, 12), 40, 8, seed=4, repeat=0)
     assert all(len(set(row)) == 8 for row in idx)
+
+
+def loop_ecle_bank(views, bank, t, batch_size, repeats, seed, keys) -> np.ndarray:
+    """Direct loops over the documented bank design, no helper shared with the fast path but the RNG.
+
+    Repeat r orders the bank by ``bank_permutation``; a sample's negatives are the
+    ``batch_size - 1`` entries from its offset on, wrapping past the end.
+    """
+    z, bz = unit(views.astype(np.float64)), unit(bank.astype(np.float64))
+    r_views, n, _ = z.shape
+    m = bz.shape[1]
+    k64 = keys_to_u64(keys, n)
+    total = np.zeros(n)
+    for rep in range(repeats):
+        perm = bank_permutation(m, seed=seed, repeat=rep)
+        offs = sample_offsets(k64, m, seed=seed, repeat=rep)
+        for i in range(n):
+            neg = [int(perm[(int(offs[i]) + j) % m]) for j in range(batch_size - 1)]
+            for p in range(r_views):
+                for q in range(r_views):
+                    if p == q:
+                        continue
+                    a = z[p, i]
+                    pos = np.exp(a @ z[q, i] / t)
+                    den = pos + sum(np.exp(a @ bz[p, j] / t) + np.exp(a @ bz[q, j] / t) for j in neg)
+                    total[i] += -np.log(pos / den)
+    return total / (repeats * r_views * (r_views - 1))
+
+
+@pytest.mark.parametrize("dtype,t", [(np.float32, 0.2), (np.float64, 0.05)])
+def test_ecle_bank_fast_path_equals_direct_loops_with_wrapping_windows(dtype, t):
+    rng = np.random.default_rng(12)
+    views = rng.normal(size=(3, 30, 5)).astype(dtype)
+    bank = rng.normal(size=(3, 11, 5)).astype(dtype)  # 8 negatives out of 11: most windows wrap
+    keys = [f"img-{i}" for i in range(30)]
+    offs = sample_offsets(keys_to_u64(keys, 30), 11, seed=3, repeat=0)
+    assert (offs + 8 > 11).sum() >= 10  # the case under test: windows running past the end
+    got = ecle(views, bank, temperature=t, batch_size=9, repeats=3, seed=3, keys=keys)
+    np.testing.assert_allclose(got, loop_ecle_bank(views, bank, t, 9, 3, 3, keys), atol=1e-5, rtol=0)
+
+
+def test_window_mask_matches_modular_definition():
+    rng = np.random.default_rng(13)
+    for m in (7, 2048, 40_000):  # uint16 and uint32 paths
+        ranks_t = np.stack([rng.permutation(m) for _ in range(3)], axis=1)
+        offsets = rng.integers(0, m, size=(5, 3))
+        offsets[0] = m - 1  # wraps right away
+        count = max(1, m // 3)
+        want = ((ranks_t[None, :, :] - offsets[:, None, :]) % m < count).astype(np.float32)
+        got = window_mask(ranks_t, offsets, count)
+        assert got.dtype == np.float32 and np.array_equal(got, want)
+        assert np.all(got.sum(axis=1) == count)
 
 
 def test_ecle_bank_independent_of_batch_composition_and_order():
