@@ -93,7 +93,9 @@ class TrainSection:
     cpus_per_worker: float = field(default=1.0, metadata=positive())
     checkpoint_every: int = field(default=1, metadata=positive())  # epochs
     max_failures: int = field(default=3, metadata=at_least(0))
-    loader_workers: int = field(default=0, metadata=at_least(0))
+    # retrain only: start from the pretrained model instead of from scratch (the paper retrains from scratch;
+    # a warm start lets a CPU demo retrain every method in a few epochs)
+    from_pretrained: bool = False
 
 
 @dataclass

@@ -132,7 +132,8 @@ def stage_retrain(cfg: MakConfig) -> str:
             continue
         ids = storage.read_text(out(cfg, "select", method, "selection.txt")).split()
         ds = training_dataset(cfg, cfg.data.target, extra_pool_ids=ids)
-        model_uri = train_simclr(cfg, cfg.retrain, ds, method_dir, f"retrain-{method}")
+        init = pretrained_model_uri(cfg) if cfg.retrain.from_pretrained else None
+        model_uri = train_simclr(cfg, cfg.retrain, ds, method_dir, f"retrain-{method}", init_model=init)
         mark_done(method_dir, {"model": model_uri, "added": len(ids)})
     mark_done(out(cfg, "retrain"))
     return out(cfg, "retrain")

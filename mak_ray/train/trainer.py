@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from mak_ray import storage
 from mak_ray.config import MakConfig, ModelSection, TrainSection
-from mak_ray.models import build_model, model_state_bytes
+from mak_ray.models import build_model, model_state_bytes, read_model_file
 from mak_ray.train.loop import as_image_array, make_optimizer, train_step
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class _LoopConfig:
     steps_per_epoch: int
     seed: int
     crash: dict[str, Any] | None
+    init_model: str | None = None
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -105,6 +106,10 @@ def _train_loop(config: dict[str, Any]) -> None:
 
     torch.manual_seed(cfg.seed)  # identical initial weights everywhere (DDP also broadcasts rank 0's)
     model = build_model(model_cfg)
+    if cfg.init_model and ray.train.get_checkpoint() is None:  # warm start; a resume uses its checkpoint
+        model.load_state_dict(read_model_file(cfg.init_model)["state_dict"])
+        if rank == 0:
+            log.info("initialised from %s", cfg.init_model)
     if section.use_gpu and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = ray.train.torch.prepare_model(model)
@@ -203,6 +208,7 @@ def train_simclr(
     *,
     num_rows: int | None = None,
     crash: CrashOnce | None = None,
+    init_model: str | None = None,
 ) -> str:
     """Train SimCLR on ``dataset`` (a Ray Dataset with a uint8 ``image`` column) and return the final model URI.
 
@@ -231,6 +237,7 @@ def train_simclr(
         steps_per_epoch=steps_per_epoch,
         seed=cfg.run.seed,
         crash=dataclasses.asdict(crash) if crash else None,
+        init_model=init_model,
     )
     log.info(
         "training %s: %d images, %d workers x batch %d, %d steps/epoch, %d epochs -> %s/%s",
