@@ -125,6 +125,7 @@ def stage_retrain(cfg: MakConfig) -> str:
     from mak_ray.train.trainer import train_simclr
     from mak_ray.training_data import training_dataset
 
+    target_images = storage.read_json(out(cfg, "embed", "target", "_SUCCESS"))["target_images"]
     for method in cfg.select.methods:
         method_dir = out(cfg, "retrain", method)
         if done(method_dir):
@@ -132,9 +133,14 @@ def stage_retrain(cfg: MakConfig) -> str:
             continue
         ids = storage.read_text(out(cfg, "select", method, "selection.txt")).split()
         ds = training_dataset(cfg, cfg.data.target, extra_pool_ids=ids)
+        rows, expected = ds.count(), target_images + len(ids)
+        if rows != expected:
+            raise RuntimeError(f"retrain/{method}: {rows} training images, expected {target_images} target + "
+                               f"{len(ids)} selected")
         init = pretrained_model_uri(cfg) if cfg.retrain.from_pretrained else None
-        model_uri = train_simclr(cfg, cfg.retrain, ds, method_dir, f"retrain-{method}", init_model=init)
-        mark_done(method_dir, {"model": model_uri, "added": len(ids)})
+        model_uri = train_simclr(cfg, cfg.retrain, ds, method_dir, f"retrain-{method}", num_rows=rows,
+                                 init_model=init)
+        mark_done(method_dir, {"model": model_uri, "added": len(ids), "images": rows})
     mark_done(out(cfg, "retrain"))
     return out(cfg, "retrain")
 

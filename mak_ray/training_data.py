@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from mak_ray import storage
@@ -18,17 +18,18 @@ from mak_ray.config import MakConfig
 log = logging.getLogger(__name__)
 
 
-def _keep_ids(ids: frozenset[str]):
-    def keep(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        mask = np.fromiter((str(i) in ids for i in batch["id"]), bool, len(batch["id"]))
-        return {k: v[mask] for k, v in batch.items()}
+# Filters work on Arrow batches: a numpy batch can turn an all-null string column into NaN floats.
+def _keep_ids(ids: list[str]):
+    wanted = pa.array(ids, pa.string())
+
+    def keep(batch: pa.Table) -> pa.Table:
+        return batch.filter(pc.is_in(batch["id"], value_set=wanted))
 
     return keep
 
 
-def _drop_failed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    mask = np.array([e is None for e in batch["error"]], bool)
-    return {"id": batch["id"][mask], "image": batch["image"][mask]}
+def _drop_failed(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_null(batch["error"])).select(["id", "image"])
 
 
 def shards_holding(cfg: MakConfig, ids: Sequence[str]) -> set[str]:
@@ -50,8 +51,10 @@ def training_dataset(cfg: MakConfig, target_uri: str, extra_pool_ids: Sequence[s
     if extra_pool_ids:
         wanted = shards_holding(cfg, extra_pool_ids)
         pool_shards = [s for s in plan_from_config(cfg.data.pool, cfg.data) if s.shard_id in wanted]
-        extra = image_dataset(pool_shards, cfg.data).map_batches(_keep_ids(frozenset(extra_pool_ids)))
+        extra = image_dataset(pool_shards, cfg.data).map_batches(
+            _keep_ids(list(extra_pool_ids)), batch_format="pyarrow"
+        )
         ds = ds.union(extra)
         log.info("training set: target plus %d selected pool images from %d shards", len(extra_pool_ids),
                  len(pool_shards))
-    return ds.map_batches(_drop_failed)
+    return ds.map_batches(_drop_failed, batch_format="pyarrow")

@@ -12,7 +12,7 @@ from mak_ray.config import load_config
 from mak_ray.demo.make import make_demo_data
 from mak_ray.pipeline import STAGES, run_pipeline, run_stage
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +86,146 @@ def test_rerun_skips_completed_stages(tiny_run, caplog):
     assert len(skipped) == len(STAGES)
     assert storage.read_json(storage.join(cfg.run.output_uri, "timings.json")) == before
     assert run_stage("select", cfg).endswith("select")
+
+
+# ------------------------------------------------------------------------------------------- faults
+
+
+def _fork_run(tiny_run, root, overrides: list[str]):
+    """A new run that reuses the tiny run's pretraining and target embedding (so only later stages run)."""
+    import shutil
+    from pathlib import Path
+
+    cfg, info, _ = tiny_run
+    src = Path(cfg.run.output_uri)
+    dst = Path(root) / "run"
+    for part in ("pretrain", "embed/target"):
+        shutil.copytree(src / part, dst / part)
+    p = info["paths"]
+    return load_config(
+        "configs/tiny.yaml",
+        [
+            f"data.target={p['target']}",
+            f"data.pool={p['pool']}",
+            f"data.eval_train={p['eval_train']}",
+            f"data.eval_test={p['eval_test']}",
+            f"run.output_uri={dst}",
+            *overrides,
+        ],
+    )
+
+
+def _score_table(cfg):
+    t = storage.read_parquet(storage.join(cfg.run.output_uri, "score"), columns=["id", "ecle", "proximity", "error"])
+    return t.sort_by("id")
+
+
+def _pids_matching(text: str) -> list[int]:
+    import os
+
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def _wait_for(pred, timeout_s: float, poll_s: float = 0.2) -> bool:
+    import time
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(poll_s)
+    return False
+
+
+def test_scoring_actor_killed_mid_run_loses_and_duplicates_nothing(tiny_run, tmp_path):
+    """SIGKILL the scoring actor after its first output: Ray restarts it, and the output equals the clean run."""
+    import os
+    import signal
+    import threading
+
+    cfg, _, _ = tiny_run
+    cfg2 = _fork_run(tiny_run, tmp_path, ["score.batch_size=8", "score.num_actors=1"])
+    killed: list[int] = []
+    score_dir = storage.join(cfg2.run.output_uri, "score")
+
+    def killer():
+        def first_parts():
+            from pathlib import Path
+
+            return any(Path(score_dir).glob("shard=*/part-*.parquet")) if Path(score_dir).exists() else False
+
+        if _wait_for(first_parts, 240, 0.05):
+            for pid in _pids_matching("PoolScorer"):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    run_stage("score", cfg2)
+    t.join(timeout=5)
+    assert killed, "the scoring actor was never seen, so nothing was killed"
+    got, want = _score_table(cfg2), _score_table(cfg)
+    assert got.num_rows == want.num_rows == len(set(got.column("id").to_pylist()))
+    assert got.column("id").equals(want.column("id"))
+    assert got.column("error").equals(want.column("error"))
+    import numpy as np
+
+    np.testing.assert_allclose(got.column("ecle").to_numpy(), want.column("ecle").to_numpy(), rtol=1e-5)
+    np.testing.assert_allclose(got.column("proximity").to_numpy(), want.column("proximity").to_numpy(), rtol=1e-5)
+
+
+def test_job_killed_mid_scoring_resumes_to_the_same_selection(tiny_run, tmp_path):
+    """Kill the whole `python -m jobs.score` process tree mid-run; a rerun resumes and selects the same ids."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from tests.rayprocs import stop_cluster
+
+    cfg, _, _ = tiny_run
+    cfg3 = _fork_run(tiny_run, tmp_path, ["score.batch_size=8", "score.num_actors=1"])
+    overrides = [
+        f"data.target={cfg3.data.target}",
+        f"data.pool={cfg3.data.pool}",
+        f"run.output_uri={cfg3.run.output_uri}",
+        "score.batch_size=8",
+        "score.num_actors=1",
+    ]
+    ray_tmp = tempfile.mkdtemp(prefix="mk-", dir="/tmp")
+    env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_ADDRESS="")
+    env.pop("RAY_ADDRESS")
+    markers = Path(cfg3.run.output_uri) / "score" / "_markers"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.score", "--config", "configs/tiny.yaml", *overrides],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        seen = _wait_for(lambda: markers.exists() and any(markers.iterdir()), 300, 0.05)
+        n_markers = len(list(markers.iterdir())) if markers.exists() else 0
+        os.killpg(proc.pid, 9)
+    finally:
+        proc.wait(timeout=30)
+        stop_cluster(ray_tmp)
+    assert seen, "no shard finished before the time limit"
+    n_shards = len(list(Path(cfg.run.output_uri, "score", "_markers").iterdir()))
+    assert n_markers < n_shards, "the job finished before it was killed; nothing was interrupted"
+    assert not (Path(cfg3.run.output_uri) / "score" / "_SUCCESS").exists()
+    run_stage("score", cfg3)
+    run_stage("select", cfg3)
+    got = _score_table(cfg3)
+    assert got.num_rows == len(set(got.column("id").to_pylist())) == _score_table(cfg).num_rows
+    for method in cfg.select.methods:
+        a = storage.read_text(storage.join(cfg.run.output_uri, "select", method, "selection.txt"))
+        b = storage.read_text(storage.join(cfg3.run.output_uri, "select", method, "selection.txt"))
+        assert a == b, method
