@@ -7,6 +7,7 @@ target, which MAK prefers).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ def fit_centroids(
     ``nredo`` restarts keep the best objective: a single Lloyd run often merges
     two target modes, and the target set is small enough that this is cheap.
     """
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs each missing SIMD build at INFO
     import faiss  # imported lazily: heavy, and only this function needs it
 
     x = np.ascontiguousarray(_unit_rows("target_emb", target_emb))
