@@ -76,6 +76,9 @@ def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_RETRY_ATTEMPTS),
         "connect_timeout": 10,
         "request_timeout": 60,
+        # Ray Train creates its folders through this filesystem; without this check pyarrow writes an empty
+        # marker object for every parent "directory", i.e. outside the run's output prefix.
+        "check_directory_existence_before_creation": True,
     }
     if region:
         kwargs["region"] = region
