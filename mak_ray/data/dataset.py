@@ -146,5 +146,5 @@ def image_dataset(shards: list[Shard], data: DataSection, batch_rows: int | None
         _read_shards,
         batch_size=1,
         fn_kwargs={"data": dataclasses.asdict(data), "batch_rows": batch_rows},
-        num_cpus=1,
+        num_cpus=data.read_cpus,
     )
