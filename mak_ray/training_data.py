@@ -9,27 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from mak_ray import storage
 from mak_ray.config import MakConfig
 
 log = logging.getLogger(__name__)
-
-
-# Filters work on Arrow batches: a numpy batch can turn an all-null string column into NaN floats.
-def _keep_ids(ids: list[str]):
-    wanted = pa.array(ids, pa.string())
-
-    def keep(batch: pa.Table) -> pa.Table:
-        return batch.filter(pc.is_in(batch["id"], value_set=wanted))
-
-    return keep
-
-
-def _drop_failed(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch["error"])).select(["id", "image"])
 
 
 def shards_holding(cfg: MakConfig, ids: Sequence[str]) -> set[str]:
@@ -45,16 +30,14 @@ def shards_holding(cfg: MakConfig, ids: Sequence[str]) -> set[str]:
 
 def training_dataset(cfg: MakConfig, target_uri: str, extra_pool_ids: Sequence[str] | None = None):
     """Rows ``{id, image}`` (uint8 [S, S, 3]) of the target set, plus the given pool ids; failed rows dropped."""
-    from mak_ray.data import image_dataset, plan_from_config
+    from mak_ray.data import image_dataset, keep_rows, plan_from_config
 
     ds = image_dataset(plan_from_config(target_uri, cfg.data), cfg.data)
     if extra_pool_ids:
         wanted = shards_holding(cfg, extra_pool_ids)
         pool_shards = [s for s in plan_from_config(cfg.data.pool, cfg.data) if s.shard_id in wanted]
-        extra = image_dataset(pool_shards, cfg.data).map_batches(
-            _keep_ids(list(extra_pool_ids)), batch_format="pyarrow"
-        )
+        extra = keep_rows(image_dataset(pool_shards, cfg.data), cfg.data, ids=list(extra_pool_ids))
         ds = ds.union(extra)
         log.info("training set: target plus %d selected pool images from %d shards", len(extra_pool_ids),
                  len(pool_shards))
-    return ds.map_batches(_drop_failed, batch_format="pyarrow")
+    return keep_rows(ds, cfg.data, usable_only=True, columns=["id", "image"])

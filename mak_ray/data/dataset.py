@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mak_ray.config import DataSection
 from mak_ray.data.decode import decode_image
@@ -146,5 +147,28 @@ def image_dataset(shards: list[Shard], data: DataSection, batch_rows: int | None
         _read_shards,
         batch_size=1,
         fn_kwargs={"data": dataclasses.asdict(data), "batch_rows": batch_rows},
+        num_cpus=data.read_cpus,
+    )
+
+
+def _filter_rows(batch: pa.Table, wanted: pa.Array | None, usable_only: bool, columns: list[str] | None) -> pa.Table:
+    if wanted is not None:
+        batch = batch.filter(pc.is_in(batch["id"], value_set=wanted))
+    if usable_only:
+        batch = batch.filter(pc.is_null(batch["error"]))
+    return batch.select(columns) if columns else batch
+
+
+def keep_rows(ds, data: DataSection, *, ids=None, usable_only: bool = False, columns: list[str] | None = None):
+    """Filter a dataset from :func:`image_dataset` to ``ids`` and/or rows without error, keeping ``columns``.
+
+    Arrow batches, because numpy batches can turn an all-null string column into NaN floats; and the read
+    tasks' CPU share, so the filter fuses with the read instead of waiting for a whole free CPU.
+    """
+    wanted = None if ids is None else pa.array([str(i) for i in ids], pa.string())
+    return ds.map_batches(
+        _filter_rows,
+        batch_format="pyarrow",
+        fn_kwargs={"wanted": wanted, "usable_only": usable_only, "columns": columns},
         num_cpus=data.read_cpus,
     )

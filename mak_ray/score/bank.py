@@ -21,7 +21,7 @@ import numpy as np
 
 from mak_ray import storage
 from mak_ray.config import MakConfig
-from mak_ray.data import Shard, image_dataset
+from mak_ray.data import Shard, image_dataset, keep_rows
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _candidate_shards(cfg: MakConfig, shards: list[Shard], want: int) -> tuple[l
         return out, None
     order = rng.permutation(len(shards))[:BANK_SHARDS]
     subset = [shards[i] for i in sorted(order.tolist())]
-    ids_ds = image_dataset(subset, cfg.data).map_batches(_usable_ids, batch_format="pyarrow")
+    ids_ds = keep_rows(image_dataset(subset, cfg.data), cfg.data, usable_only=True, columns=["id"])
     ids: list[str] = []
     for batch in ids_ds.iter_batches(batch_size=4096, batch_format="pyarrow"):
         ids.extend(batch["id"].to_pylist())
@@ -64,20 +64,6 @@ def _candidate_shards(cfg: MakConfig, shards: list[Shard], want: int) -> tuple[l
     pri = _priority(cfg.run.seed, ids)
     keep = {ids[i] for i in np.argsort(pri, kind="stable")[:want]}
     return subset, keep
-
-
-def _usable_ids(batch):
-    import pyarrow.compute as pc
-
-    return batch.filter(pc.is_null(batch["error"])).select(["id"])
-
-
-def _keep_ids(ids: frozenset[str]):
-    def keep(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        mask = np.fromiter((str(i) in ids for i in batch["id"]), bool, len(batch["id"]))
-        return {k: v[mask] for k, v in batch.items()}
-
-    return keep
 
 
 def compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard]) -> np.ndarray:
@@ -91,7 +77,7 @@ def compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard]) -> np.ndar
     cand, keep = _candidate_shards(cfg, shards, want)
     ds = image_dataset(cand, cfg.data, batch_rows=sc.batch_size)
     if keep is not None:
-        ds = ds.map_batches(_keep_ids(frozenset(keep)))
+        ds = keep_rows(ds, cfg.data, ids=sorted(keep))
     params = ScorerParams(model_uri=model_uri, mode="bank", image_size=cfg.data.image_size, views=sc.views,
                           seed=cfg.run.seed, use_gpu=sc.gpus_per_actor > 0)
     ds = ds.map_batches(
