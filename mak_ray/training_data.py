@@ -29,7 +29,7 @@ def shards_holding(cfg: MakConfig, ids: Sequence[str]) -> set[str]:
 
 
 def training_dataset(cfg: MakConfig, target_uri: str, extra_pool_ids: Sequence[str] | None = None):
-    """Rows ``{id, image}`` (uint8 [S, S, 3]) of the target set, plus the given pool ids; failed rows dropped."""
+    """Rows ``{image}`` (uint8 [S, S, 3]) of the target set, plus the given pool ids; failed rows dropped."""
     from mak_ray.data import image_dataset, keep_rows, plan_from_config
 
     ds = image_dataset(plan_from_config(target_uri, cfg.data), cfg.data)
@@ -40,4 +40,4 @@ def training_dataset(cfg: MakConfig, target_uri: str, extra_pool_ids: Sequence[s
         ds = ds.union(extra)
         log.info("training set: target plus %d selected pool images from %d shards", len(extra_pool_ids),
                  len(pool_shards))
-    return keep_rows(ds, cfg.data, usable_only=True, columns=["id", "image"])
+    return keep_rows(ds, cfg.data, usable_only=True, columns=["image"])

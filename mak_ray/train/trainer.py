@@ -222,7 +222,7 @@ def train_simclr(
     local_batch = section.batch_size // workers
     if local_batch < 2:
         raise ValueError(f"batch_size {section.batch_size} gives under 2 images per worker on {workers} workers")
-    dataset = dataset.select_columns(["image"]).randomize_block_order()
+    dataset = dataset.randomize_block_order()  # no select_columns: it would add a 1-CPU task that can starve
     rows = int(num_rows) if num_rows is not None else dataset.count()
     steps_per_epoch = (rows // workers) // local_batch
     if steps_per_epoch < 1:
