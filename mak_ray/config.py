@@ -281,8 +281,20 @@ def merge_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _absolute(uri: str) -> str:
+    """Local paths become absolute: Ray workers run in other directories than the driver."""
+    if not uri or "://" in uri:
+        return uri
+    import os
+
+    return os.path.abspath(uri)
+
+
 def config_from_dict(data: dict[str, Any]) -> MakConfig:
     cfg = _build(MakConfig, data or {})
+    cfg.run.output_uri = _absolute(cfg.run.output_uri)
+    for name in ("target", "pool", "eval_train", "eval_test"):
+        setattr(cfg.data, name, _absolute(getattr(cfg.data, name)))
     cfg.check()
     return cfg
 

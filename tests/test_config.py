@@ -82,3 +82,11 @@ def test_shipped_configs_are_valid():
     assert len(files) >= 3
     for f in files:
         load_config(f)
+
+
+def test_local_paths_become_absolute_and_s3_stays(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["run.output_uri=runs/x", "data.pool=s3://b/pool", "data.target=data/t"])
+    assert cfg.run.output_uri == str(tmp_path / "runs" / "x")
+    assert cfg.data.target == str(tmp_path / "data" / "t")
+    assert cfg.data.pool == "s3://b/pool" and cfg.data.eval_test == ""
