@@ -4,8 +4,10 @@
     python -m bench.bench_two_stage --small   # 20,000 x 128, 1,000 init, k = 200
 
 Prints the covering radius of the FULL candidate set (init + picks, exact)
-for both, their ratio (goal <= 1.10), the documented bound, and the
-wall-time ratio.  Data as in bench_kcenter (clustered synthetic embeddings).
+for both, their ratio (goal <= 1.10), the documented bound, the refinement
+rounds, whether the picks equal single-stage greedy, and the wall-time ratio
+with the 1-minute load average (the machine may be shared).  Data as in
+bench_kcenter (clustered synthetic embeddings).
 """
 
 from __future__ import annotations
@@ -63,13 +65,25 @@ def main() -> None:
     r_two = full_radius(x, np.vstack([init, x[ids]]))
     print(f"  single-stage greedy:  {t_single:7.2f} s   full-set radius (1-cos) {r_single:.4f}")
     print(f"  two-stage on Ray:     {t_two:7.2f} s   full-set radius (1-cos) {r_two:.4f}")
-    print(f"  per-shard budgets {stats['per_shard_k']}, union {stats['union_size']}")
+    print(
+        f"  per-shard budgets {stats['per_shard_k']}, final union {stats['union_size']}, "
+        f"rounds {stats['rounds']} (points added per round {stats['added_per_round']}), "
+        f"converged {stats['converged']}, picks equal single-stage: {np.array_equal(ids, single)}"
+    )
     print(f"  radius ratio two-stage / single: {r_two / r_single:.4f}   (goal <= 1.10)")
     print(
         f"  documented bound (sqrt(max r1) + sqrt(r2))^2 = {stats['radius_bound']:.4f} >= {r_two:.4f}: "
         f"{r_two <= stats['radius_bound'] + 1e-6}"
     )
-    print(f"  wall-time ratio two-stage / single: {t_two / t_single:.3f}")
+    print(f"  wall-time ratio two-stage / single: {t_two / t_single:.3f}   load avg {_load1()}")
+
+
+def _load1() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[0]
+    except OSError:
+        return "n/a"
 
 
 if __name__ == "__main__":

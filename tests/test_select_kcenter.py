@@ -179,6 +179,57 @@ def test_two_stage_on_ray_equals_in_process_and_returns_global_ids(ray_session):
     assert np.array_equal(full_ids, greedy_k_center(x, 25, init)[0])
 
 
+def test_replay_excess_matches_brute_force():
+    rng = np.random.default_rng(21)
+    x = kc.prepare_points("x", rng.normal(size=(150, 6)), "cosine")
+    init = kc.prepare_points("i", rng.normal(size=(7, 6)), "cosine")
+    centers = x[rng.choice(150, 12, replace=False)] + 0.0
+    profile2 = np.sort(rng.uniform(0.2, 1.5, size=13))[::-1]
+    excess, full_d2, margin = kc.replay_excess(x, init, None, centers, profile2)
+    d2 = ((x[:, None, :] - np.vstack([init, centers])[None]) ** 2).sum(-1)  # [n, 7 + 12]
+    after = np.stack([d2[:, : 7 + i].min(1) for i in range(13)], axis=1)  # after i centers
+    want = (after - profile2[None, :]).max(1)
+    np.testing.assert_allclose(excess, want, atol=1e-9)
+    assert math.isclose(full_d2, after[:, -1].max(), abs_tol=1e-12) and 0 < margin < 1e-9
+    _, _, state = kc.greedy_with_init_state(x, 3, init)  # reused nearest-init state: same answer
+    np.testing.assert_allclose(kc.replay_excess(x, init, state, centers, profile2)[0], want, atol=1e-9)
+
+
+def clustered(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(12, 16))
+    return (centers[rng.integers(0, 12, n)] + 0.6 * rng.normal(size=(n, 16))).astype(np.float32)
+
+
+@pytest.mark.parametrize("with_init", [False, True])
+def test_two_stage_refinement_converges_to_single_stage_picks(with_init):
+    x = clustered(3000, 5)
+    init = clustered(200, 6)[:, :] if with_init else None
+    shards = np.array_split(x, 4)
+    stats: dict = {}
+    ids, radii = two_stage_k_center(shards, 60, init, use_ray=False, stats=stats)
+    single, single_r = greedy_k_center(x, 60, init)
+    assert stats["converged"] and stats["rounds"] >= 2  # plain two-stage was not enough here
+    assert stats["added_per_round"][0] > 0 and stats["added_per_round"][-1] == 0
+    assert ids.tolist() == single.tolist()
+    np.testing.assert_allclose(radii, single_r, rtol=1e-5, atol=1e-6)
+    full = covering_radius(x, list(x[ids]) + ([] if init is None else list(init)), "cosine")
+    assert math.isclose(stats["full_radius"], full, rel_tol=1e-4)
+    assert full <= stats["radius_bound"]
+
+
+def test_two_stage_stops_after_max_rounds_with_best_round(monkeypatch):
+    from mak_ray.select import two_stage
+
+    x = clustered(3000, 5)
+    monkeypatch.setattr(two_stage, "MAX_ROUNDS", 1)
+    stats: dict = {}
+    ids, _ = two_stage_k_center(np.array_split(x, 4), 60, use_ray=False, stats=stats)
+    assert stats["rounds"] == 1 and not stats["converged"] and len(set(ids.tolist())) == 60
+    full = covering_radius(x, x[ids], "cosine")
+    assert math.isclose(stats["full_radius"], full, rel_tol=1e-4) and full <= stats["radius_bound"]
+
+
 @pytest.mark.parametrize(
     "shards,k,kwargs,match",
     [

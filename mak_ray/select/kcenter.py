@@ -100,74 +100,162 @@ def _error_margin(x: np.ndarray, init: np.ndarray | None) -> float:
     return 4.0 * (d + 4) * unit * 2.0 * maxsq + 1e-30
 
 
+class _Coverage:
+    """Each point's nearest chosen center (its group) and squared distance, with pruned updates.
+
+    Shared by the greedy (which adds its own farthest point) and by ``replay_excess``
+    (which adds given centers in a given order), so both prune and round alike.
+    """
+
+    def __init__(
+        self,
+        ops: Ops,
+        x_np: np.ndarray,
+        n_new: int,
+        init_np: np.ndarray | None,
+        err: float,
+        init_pass: str = "gemm",
+        init_state: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        n, d = x_np.shape
+        self.ops, self.n, self.err = ops, n, err
+        self.x = x = ops.asarray(x_np)
+        self.sqx = sqx = (x * x).sum(1)
+        self.init_dist_computed = 0
+        if init_np is not None:
+            init = ops.asarray(init_np)
+            if init_state is None:
+                mind2, nearest, computed = nearest_init(ops, x, sqx, init, err, init_pass)
+                self.init_dist_computed = computed
+            else:
+                mind2, nearest = ops.asarray(init_state[0].copy()), ops.asarray(init_state[1])
+            self.init_mind2, self.init_nearest = ops.to_numpy(mind2).copy(), ops.to_numpy(nearest)
+            # keep only init points that own candidates: the others can never shrink a group
+            used = np.unique(ops.to_numpy(nearest))
+            remap = np.full(len(init_np), -1, dtype=np.int64)
+            remap[used] = np.arange(len(used))
+            self.assign = ops.asarray(remap)[nearest]
+            self.n_groups = len(used)
+            self.centers = ops.zeros((self.n_groups + n_new, d), ops.float_dtype(x))
+            self.centers[: self.n_groups] = init[ops.asarray(used)]
+        else:
+            mind2 = ops.full(n, math.inf, ops.float_dtype(x))
+            self.init_mind2, self.init_nearest = None, None
+            self.assign = ops.full(n, 0, ops.int_dtype())
+            self.n_groups = 0
+            self.centers = ops.zeros((n_new, d), ops.float_dtype(x))
+        self.mind2 = mind2
+        self.sqc = (self.centers * self.centers).sum(1)  # rows past n_groups fill as centers arrive
+        self.sqrt_2err = math.sqrt(2.0 * err)
+        self.neg_inf = ops.full(1, -math.inf, ops.float_dtype(x))  # mind2's dtype: no upcast per pick
+
+    def add(self, xs: Any, sqs: Any) -> tuple[int, Any, Any]:
+        """Add center ``xs`` (squared norm ``sqs``): returns (points touched, moved indices, old mind2)."""
+        ops, x, sqx, mind2, assign, g = self.ops, self.x, self.sqx, self.mind2, self.assign, self.n_groups
+        if g == 0:  # no init and first center: every point measures its distance to it
+            old = mind2.clone() if hasattr(mind2, "clone") else mind2.copy()
+            mind2[:] = ops.clamp0(sqx + sqs - 2.0 * (x @ xs))
+            assign[:] = 0
+            moved, touched = ops.arange(self.n), self.n
+        else:
+            # squared distance from every group center to xs, then the per-group threshold T:
+            # a point with mind2 <= T cannot get closer to xs than to its own center
+            err, sqrt_2err = self.err, self.sqrt_2err
+            dcs = ops.sqrt(ops.clamp0(self.sqc[:g] + sqs - 2.0 * (self.centers[:g] @ xs) - err))
+            half = ops.clamp0((dcs - sqrt_2err) / 2.0)
+            thresh = ops.where(dcs > sqrt_2err, half * half - err, self.neg_inf)
+            cand = ops.nonzero(mind2 > thresh[assign])
+            touched = len(cand)
+            moved, old = cand[:0], mind2[:0]
+            if touched:
+                d2 = ops.clamp0(sqx[cand] + sqs - 2.0 * (x[cand] @ xs))
+                closer = d2 < mind2[cand]
+                moved = cand[closer]
+                old = mind2[moved]
+                mind2[moved] = d2[closer]
+                assign[moved] = g
+        self.centers[g] = xs
+        self.sqc[g] = sqs
+        self.n_groups = g + 1
+        return touched, moved, old
+
+
 def _farthest_first(
-    ops: Ops, x_np: np.ndarray, k: int, init_np: np.ndarray | None, init_pass: str = "gemm"
+    ops: Ops,
+    x_np: np.ndarray,
+    k: int,
+    init_np: np.ndarray | None,
+    init_pass: str = "gemm",
+    init_state: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    n, d = x_np.shape
-    err = _error_margin(x_np, init_np)
-    x = ops.asarray(x_np)
-    sqx = (x * x).sum(1)
-    counters: dict[str, Any] = {"n": n, "init_dist_computed": 0, "touched": []}
-
-    if init_np is not None:
-        init = ops.asarray(init_np)
-        mind2, nearest, computed = nearest_init(ops, x, sqx, init, err, init_pass)
-        counters["init_dist_computed"] = computed
-        # keep only init points that own candidates: the others can never shrink a group
-        used = np.unique(ops.to_numpy(nearest))
-        remap = np.full(len(init_np), -1, dtype=np.int64)
-        remap[used] = np.arange(len(used))
-        assign = ops.asarray(remap)[nearest]
-        n_groups = len(used)
-        centers = ops.zeros((n_groups + k, d), ops.float_dtype(x))
-        centers[:n_groups] = init[ops.asarray(used)]
-    else:
-        mind2 = ops.full(n, math.inf, ops.float_dtype(x))
-        assign = ops.full(n, 0, ops.int_dtype())
-        n_groups = 0
-        centers = ops.zeros((k, d), ops.float_dtype(x))
-    sqc = (centers * centers).sum(1)  # rows past n_groups are filled as picks arrive
-    sqrt_2err = math.sqrt(2.0 * err)
-    neg_inf = ops.full(1, -math.inf, ops.float_dtype(x))  # same dtype as mind2: no upcast per pick
-
+    cov = _Coverage(ops, x_np, k, init_np, _error_margin(x_np, init_np), init_pass, init_state)
+    x, sqx, mind2 = cov.x, cov.sqx, cov.mind2
+    counters: dict[str, Any] = {"n": cov.n, "init_dist_computed": cov.init_dist_computed, "touched": []}
     picks = np.empty(k, dtype=np.int64)
     radii2 = np.empty(k, dtype=np.float64)
     nxt = int(mind2.argmax())
     for i in range(k):
         s = nxt
         picks[i] = s
-        xs = x[s]
-        if n_groups == 0:  # no init and first pick: every point measures its distance to s
-            d2 = ops.clamp0(sqx + sqx[s] - 2.0 * (x @ xs))
-            mind2[:] = d2
-            assign[:] = 0
-            touched = n
-        else:
-            # squared distance from every group center to s, then the per-group threshold T:
-            # a point with mind2 <= T cannot get closer to s than to its own center
-            dcs = ops.sqrt(ops.clamp0(sqc[:n_groups] + sqx[s] - 2.0 * (centers[:n_groups] @ xs) - err))
-            half = ops.clamp0((dcs - sqrt_2err) / 2.0)
-            thresh = ops.where(dcs > sqrt_2err, half * half - err, neg_inf)
-            cand = ops.nonzero(mind2 > thresh[assign])
-            touched = len(cand)
-            if touched:
-                d2 = ops.clamp0(sqx[cand] + sqx[s] - 2.0 * (x[cand] @ xs))
-                closer = d2 < mind2[cand]
-                moved = cand[closer]
-                mind2[moved] = d2[closer]
-                assign[moved] = n_groups
-        centers[n_groups] = xs
-        sqc[n_groups] = sqx[s]
-        assign[s] = n_groups
+        touched, _, _ = cov.add(x[s], sqx[s])
+        cov.assign[s] = cov.n_groups - 1
         mind2[s] = -1.0  # chosen: never picked again, never moves (all distances are >= 0)
-        n_groups += 1
         nxt = int(mind2.argmax())
         radii2[i] = max(ops.scalar(mind2[nxt]), 0.0)
         counters["touched"].append(touched)
         if i % 500 == 499:
             log.info("k-center: %d / %d picks, radius^2 %.5f", i + 1, k, radii2[i])
     counters["touched"] = np.asarray(counters["touched"], dtype=np.int64)
+    counters["init_state"] = (cov.init_mind2, cov.init_nearest)
     return picks, radii2, counters
+
+
+def greedy_with_init_state(
+    x_np: np.ndarray,
+    k: int,
+    init_np: np.ndarray | None,
+    init_state: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray | None, np.ndarray | None]]:
+    """Greedy on prepared points: (picks, squared working radii, (init mind2, nearest init)).
+
+    For the two-stage driver: the nearest-init state is returned so a later
+    ``replay_excess`` over the same points skips the init pass, and can be
+    passed back in (``init_state``) to skip it here.
+    """
+    picks, radii2, counters = _farthest_first(Ops(), x_np, k, init_np, "gemm", init_state)
+    return picks, radii2, counters["init_state"]
+
+
+def replay_excess(
+    x_np: np.ndarray,
+    init_np: np.ndarray | None,
+    init_state: tuple[np.ndarray, np.ndarray] | None,
+    centers_np: np.ndarray,
+    profile2: np.ndarray,
+) -> tuple[np.ndarray, float, float]:
+    """How far the points of ``x`` exceed a greedy radius profile when its centers are replayed.
+
+    ``centers_np`` [k, D] are added in order (pruned like the greedy) on top of
+    ``init``; ``profile2[i]`` is the squared radius the greedy claimed after i
+    centers (i = 0..k).  Returns (excess per point: max over i of its squared
+    distance to init + the first i centers minus ``profile2[i]``, the largest
+    final squared distance, the rounding margin).  A point's distance is
+    constant between the steps that move it, and the profile never increases,
+    so each constant stretch only needs checking at its last step: the work is
+    O(moved points) on top of the pruned replay.
+    """
+    err = _error_margin(x_np, centers_np if init_np is None else np.vstack([init_np, centers_np]))
+    ops = Ops()
+    cov = _Coverage(ops, x_np, len(centers_np), init_np, err, "gemm", init_state)
+    excess = np.full(cov.n, -np.inf)
+    sqc = (centers_np * centers_np).sum(1)
+    for i in range(len(centers_np)):
+        _, moved, old = cov.add(centers_np[i], sqc[i])
+        if len(moved) and np.isfinite(profile2[i]):
+            excess[moved] = np.maximum(excess[moved], old - profile2[i])  # moved is unique
+    mind2 = cov.mind2
+    np.maximum(excess, mind2 - profile2[len(centers_np)], out=excess)
+    return excess, float(mind2.max()), 4.0 * err
 
 
 # --------------------------------------------------------------------------- nearest init point
@@ -195,19 +283,44 @@ def nearest_init(
 
 
 def _nearest_brute(ops: Ops, x: Any, sqx: Any, init: Any, sqi: Any) -> tuple[Any, Any]:
+    """Chunked exact nearest init point: one GEMM and one argmin pass per block.
+
+    ``[x, 1] . [-2 c, |c|^2]`` gives ``|c|^2 - 2 x.c`` straight out of the GEMM
+    (scaling by -2 is exact), so the only pass over the block after the GEMM is
+    the row argmin; on CPU that argmin runs in numpy, whose SIMD argmin is
+    ~6x faster than torch's ``min(dim)`` with indices.  The GEMM runs in torch
+    (MKL/oneDNN, bitwise the same for any thread count and block split,
+    checked) in blocks of ``_CHUNK_ELEMS * 4`` elements.
+    """
+    import torch
+
     n, m = x.shape[0], init.shape[0]
-    mind2 = ops.empty(n, ops.float_dtype(x))
-    nearest = ops.empty(n, ops.int_dtype())
-    step = max(1, _CHUNK_ELEMS // max(m, 1))
+    on_cpu = not isinstance(x, torch.Tensor) or x.device.type == "cpu"
+    xt = torch.as_tensor(x)
+    it = torch.as_tensor(init)
+    aug = torch.cat([it * -2.0, torch.as_tensor(sqi)[:, None]], dim=1).T.contiguous()  # [D+1, m]
+    step = max(1, min(n, (4 * _CHUNK_ELEMS) // max(m, 1)))
+    buf = torch.empty(step, m, dtype=xt.dtype, device=xt.device)
+    xa = torch.ones(step, xt.shape[1] + 1, dtype=xt.dtype, device=xt.device)
+    vals_all = torch.empty(n, dtype=xt.dtype, device=xt.device)
+    idx_all = torch.empty(n, dtype=torch.int64, device=xt.device)
     for a in range(0, n, step):
         b = min(n, a + step)
-        blk = x[a:b] @ init.T
-        blk *= -2.0
-        blk += sqi[None, :]
-        vals, idx = ops.row_min(blk)
-        mind2[a:b] = ops.clamp0(vals + sqx[a:b])
-        nearest[a:b] = idx
-    return mind2, nearest
+        blk, xb = buf[: b - a], xa[: b - a]
+        xb[:, :-1] = xt[a:b]
+        torch.mm(xb, aug, out=blk)
+        if on_cpu:
+            blk_np = blk.numpy()
+            idx = blk_np.argmin(axis=1)
+            idx_all[a:b] = torch.from_numpy(idx)
+            vals_all[a:b] = torch.from_numpy(blk_np[np.arange(b - a), idx])
+        else:
+            vals_all[a:b], idx_all[a:b] = blk.min(dim=1)
+    if isinstance(x, np.ndarray):
+        vals, nearest = vals_all.numpy(), idx_all.numpy()
+    else:
+        vals, nearest = vals_all, idx_all
+    return ops.clamp0(vals + sqx), nearest
 
 
 def _farthest_pivots(ops: Ops, pts: Any, sqp: Any, q: int) -> Any:
