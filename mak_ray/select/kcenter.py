@@ -5,8 +5,9 @@ distance to it.  When a new center ``s`` arrives, a point ``x`` of the group
 with center ``c`` can only move to ``s`` if ``d(c, s) < 2 d(x, c)`` (triangle
 inequality), so one cheap comparison against a per-group threshold rules out
 most points and only the rest are read from memory.  The nearest-init pass
-(N x |init| distances, the other big cost) runs as chunked GEMMs with a
-running minimum; an optional pruned variant groups init points around
+(N x |init| distances, the other big cost) runs as chunked GEMMs, one per
+block with the squared norms folded in as an extra column, then one argmin
+pass (see ``_nearest_brute``); an optional pruned variant groups init points around
 farthest-first pivots and scans a group for a point only if its lower bound
 ``d(x, pivot) - radius`` can beat the best distance so far.  Both prunings keep a floating-point safety margin, so the picks are
 exactly those of the plain full-recompute algorithm (up to ties that rounding
