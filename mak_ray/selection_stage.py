@@ -110,7 +110,8 @@ def run_selection(cfg: MakConfig, method: str, method_dir: str) -> dict:
             picks, radius = two_stage_k_center(
                 [(s, emb[s]) for s in shards], k, init=target, per_shard_k=cfg.select.per_shard_k, stats=two_stage
             )
-            summary["two_stage"] = {k2: v for k2, v in two_stage.items() if k2 in ("per_shard_k", "radius_bound")}
+            keep = ("per_shard_k", "radius_bound", "full_radius", "rounds", "converged")
+            summary["two_stage"] = {k2: v for k2, v in two_stage.items() if k2 in keep}
         else:
             # The candidates are the top of the pool by the method's key, scored with pool-wide statistics,
             # so the in-memory selector gives the same picks as it would over the whole pool.
