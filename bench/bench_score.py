@@ -87,8 +87,15 @@ def hand_loop(cfg, model_uri: str, bank: np.ndarray, centroids: np.ndarray, file
             r, b = v.shape[:2]
             z = model(v.reshape(r * b, *v.shape[2:])).reshape(r, b, -1).numpy()
             emb = model.embed(clean_batch(imgs, size)).numpy()
-        ecle(z, bank, temperature=sc.temperature, batch_size=ecle_bs, repeats=sc.ecle_repeats, seed=cfg.run.seed,
-             keys=chunk)
+        ecle(
+            z,
+            bank,
+            temperature=sc.temperature,
+            batch_size=ecle_bs,
+            repeats=sc.ecle_repeats,
+            seed=cfg.run.seed,
+            keys=chunk,
+        )
         proximity(emb, centroids)
     return len(files) / (time.perf_counter() - t0)
 
@@ -126,25 +133,43 @@ def main() -> None:
     save_model(model, mcfg, model_uri)
     rng = np.random.default_rng(1)
     centroids = rng.normal(size=(10, model.feature_dim)).astype(np.float32)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             _temp_dir=tempfile.mkdtemp(prefix="rb-", dir="/tmp"))
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=tempfile.mkdtemp(prefix="rb-", dir="/tmp"),
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
 
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; model resnet18 width "
-          f"{args.width}, {args.image_size}px, {args.views} views, {args.actors} actors, batch {args.batch_size}")
-    print(f"{'images':>7} {'pipeline/s':>11} {'hand/s':>8} {'ratio':>6} {'driver peak MiB':>16} "
-          f"{'actor peak MiB':>15}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; model resnet18 width "
+        f"{args.width}, {args.image_size}px, {args.views} views, {args.actors} actors, batch {args.batch_size}"
+    )
+    print(
+        f"{'images':>7} {'pipeline/s':>11} {'hand/s':>8} {'ratio':>6} {'driver peak MiB':>16} "
+        f"{'actor peak MiB':>15}"
+    )
     for n in args.sizes:
         pool = os.path.join(tmp, f"pool{n}")
         make_pool(pool, n, args.image_size)
         out = os.path.join(tmp, f"out{n}")
-        cfg = config_from_dict({
-            "run": {"output_uri": out, "seed": 0},
-            "data": {"pool": pool, "image_size": args.image_size, "files_per_shard": max(25, n // 8)},
-            "score": {"views": args.views, "bank_size": 512, "ecle_batch_size": 128, "ecle_repeats": 2,
-                      "batch_size": args.batch_size, "num_actors": args.actors, "min_actors": args.actors,
-                      "cpus_per_actor": 0.5, "log_every_s": 3600},
-        })
+        cfg = config_from_dict(
+            {
+                "run": {"output_uri": out, "seed": 0},
+                "data": {"pool": pool, "image_size": args.image_size, "files_per_shard": max(25, n // 8)},
+                "score": {
+                    "views": args.views,
+                    "bank_size": 512,
+                    "ecle_batch_size": 128,
+                    "ecle_repeats": 2,
+                    "batch_size": args.batch_size,
+                    "num_actors": args.actors,
+                    "min_actors": args.actors,
+                    "cpus_per_actor": 0.5,
+                    "log_every_s": 3600,
+                },
+            }
+        )
         shards = plan_from_config(pool, cfg.data)
         bank = load_or_compute_bank(cfg, model_uri, shards, out)  # built once, outside both timings
         with RssSampler() as rss:
@@ -153,8 +178,11 @@ def main() -> None:
         files = [f for s in shards for f in s.paths]
         hand = hand_loop(cfg, model_uri, bank, centroids, files)
         pipe = summary["images_per_s"]
-        print(f"{n:>7} {pipe:>11.1f} {hand:>8.1f} {pipe / hand:>6.2f} {rss.peak / 2**20:>16.0f} "
-              f"{summary['actor_max_rss_bytes'] / 2**20:>15.0f}", flush=True)
+        print(
+            f"{n:>7} {pipe:>11.1f} {hand:>8.1f} {pipe / hand:>6.2f} {rss.peak / 2**20:>16.0f} "
+            f"{summary['actor_max_rss_bytes'] / 2**20:>15.0f}",
+            flush=True,
+        )
         storage.delete(pool)
     ray.shutdown()
 

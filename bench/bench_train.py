@@ -39,9 +39,14 @@ def _config(args: argparse.Namespace, workers: int, cpus_per_worker: float) -> M
             "data": {"image_size": args.size},
             "model": {"arch": args.arch, "width": args.width, "small_stem": args.size <= 64, "proj_dim": 128},
             "pretrain": {
-                "epochs": args.epochs, "batch_size": args.batch, "num_workers": workers,
-                "cpus_per_worker": cpus_per_worker, "use_gpu": args.gpu, "warmup_epochs": 1,
-                "checkpoint_every": args.epochs, "max_failures": 0,
+                "epochs": args.epochs,
+                "batch_size": args.batch,
+                "num_workers": workers,
+                "cpus_per_worker": cpus_per_worker,
+                "use_gpu": args.gpu,
+                "warmup_epochs": 1,
+                "checkpoint_every": args.epochs,
+                "max_failures": 0,
             },
         }
     )
@@ -129,8 +134,10 @@ def main() -> None:
 
     plain = plain_loop(_config(args, 1, args.threads), images, args.threads)
     plain_sps = steady(plain)
-    print(f"plain torch loop      : {plain_sps:7.3f} steps/s  ({plain_sps * args.batch:8.1f} images/s)  "
-          f"median {median_sps(plain):.3f}; epochs {[round(t, 2) for _, t in plain]} s")
+    print(
+        f"plain torch loop      : {plain_sps:7.3f} steps/s  ({plain_sps * args.batch:8.1f} images/s)  "
+        f"median {median_sps(plain):.3f}; epochs {[round(t, 2) for _, t in plain]} s"
+    )
 
     tmp = tempfile.mkdtemp(prefix="mr-bench-", dir="/tmp")
     ray.init(include_dashboard=False, _temp_dir=tmp, log_to_driver=False, configure_logging=False)
@@ -142,26 +149,36 @@ def main() -> None:
         task = ray.remote(num_cpus=float(args.threads), num_gpus=1 if args.gpu else 0)(plain_loop)
         in_task = ray.get(task.remote(_config(args, 1, args.threads), images, args.threads))
         task_sps = steady(in_task)
-        print(f"plain loop in Ray task: {task_sps:7.3f} steps/s  ({task_sps * args.batch:8.1f} images/s)  "
-              f"median {median_sps(in_task):.3f}; epochs {[round(t, 2) for _, t in in_task]} s")
+        print(
+            f"plain loop in Ray task: {task_sps:7.3f} steps/s  ({task_sps * args.batch:8.1f} images/s)  "
+            f"median {median_sps(in_task):.3f}; epochs {[round(t, 2) for _, t in in_task]} s"
+        )
         t0 = time.perf_counter()
         one = ray_run(_config(args, 1, float(args.threads)), images, tmp, "one")
         wall_one = time.perf_counter() - t0
         one_sps = steady(one)
-        print(f"Ray Train, 1 worker   : {one_sps:7.3f} steps/s  ({one_sps * args.batch:8.1f} images/s)  "
-              f"median {median_sps(one):.3f}; epochs {[round(t, 2) for _, t in one]} s, fit wall {wall_one:.1f} s")
-        print(f"overhead ratio (plain steps/s / Ray steps/s) = {plain_sps / one_sps:.3f}  (goal <= 1.10); "
-              f"on medians {median_sps(plain) / median_sps(one):.3f}; "
-              f"against the loop in a Ray task {task_sps / one_sps:.3f} (medians "
-              f"{median_sps(in_task) / median_sps(one):.3f})")
+        print(
+            f"Ray Train, 1 worker   : {one_sps:7.3f} steps/s  ({one_sps * args.batch:8.1f} images/s)  "
+            f"median {median_sps(one):.3f}; epochs {[round(t, 2) for _, t in one]} s, fit wall {wall_one:.1f} s"
+        )
+        print(
+            f"overhead ratio (plain steps/s / Ray steps/s) = {plain_sps / one_sps:.3f}  (goal <= 1.10); "
+            f"on medians {median_sps(plain) / median_sps(one):.3f}; "
+            f"against the loop in a Ray task {task_sps / one_sps:.3f} (medians "
+            f"{median_sps(in_task) / median_sps(one):.3f})"
+        )
         if not args.no_scaling:
             # half a CPU each so that Ray Data keeps a CPU on 2-core machines; torch threads stay at 1 per worker
             two = ray_run(_config(args, 2, max(0.5, args.threads / 2)), images, tmp, "two")
             two_sps = steady(two)
-            print(f"Ray Train, 2 workers  : {two_sps:7.3f} steps/s  ({two_sps * args.batch:8.1f} images/s)  "
-                  f"median {median_sps(two):.3f}; epochs {[round(t, 2) for _, t in two]} s")
-            print(f"2-worker speed-up at the same global batch = {two_sps / one_sps:.2f}x (ideal 2.00x), "
-                  f"efficiency {two_sps / one_sps / 2:.0%}")
+            print(
+                f"Ray Train, 2 workers  : {two_sps:7.3f} steps/s  ({two_sps * args.batch:8.1f} images/s)  "
+                f"median {median_sps(two):.3f}; epochs {[round(t, 2) for _, t in two]} s"
+            )
+            print(
+                f"2-worker speed-up at the same global batch = {two_sps / one_sps:.2f}x (ideal 2.00x), "
+                f"efficiency {two_sps / one_sps / 2:.0%}"
+            )
     finally:
         ray.shutdown()
 

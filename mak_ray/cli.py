@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="build the Fashion-MNIST demo data, then run the pipeline on it")
     demo.add_argument("--preset", default="small", help="tiny (generated data), small (2 CPUs), medium, full")
     demo.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
-    demo.add_argument("--data-out", default=None, help="where to write the demo data (default demo-data/PRESET)")
+    demo.add_argument(
+        "--data-out", default=None, help="where to write the demo data (default demo-data/PRESET)"
+    )
     demo.add_argument("--output", default=None, help="run output URI (default runs/demo-PRESET)")
     demo.add_argument("--synthetic", action="store_true", help="generated data instead of Fashion-MNIST")
     _add_config_args(demo)

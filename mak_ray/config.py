@@ -159,7 +159,9 @@ class MakConfig:
         known = {"mak", "random", "tailness", "proximity", "kcenter"}
         for i, m in enumerate(self.select.methods):
             if m not in known:
-                raise ConfigError(f"select.methods[{i}]", f"unknown method {m!r}; choose from {sorted(known)}")
+                raise ConfigError(
+                    f"select.methods[{i}]", f"unknown method {m!r}; choose from {sorted(known)}"
+                )
         if self.evaluate.few_threshold > self.evaluate.many_threshold:
             raise ConfigError("evaluate.few_threshold", "must not exceed evaluate.many_threshold")
         if self.score.min_actors > self.score.num_actors:

@@ -114,7 +114,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def model_state_bytes(model: nn.Module, model_cfg: ModelSection, extra: dict[str, Any] | None = None) -> bytes:
+def model_state_bytes(
+    model: nn.Module, model_cfg: ModelSection, extra: dict[str, Any] | None = None
+) -> bytes:
     """Serialise weights (on CPU) + the model config + ``extra`` into the model file format."""
     plain = _unwrap(model)
     state = {k: v.detach().to("cpu") for k, v in plain.state_dict().items()}
@@ -129,7 +131,9 @@ def model_state_bytes(model: nn.Module, model_cfg: ModelSection, extra: dict[str
     return buf.getvalue()
 
 
-def save_model(model: nn.Module, model_cfg: ModelSection, uri: str, extra: dict[str, Any] | None = None) -> None:
+def save_model(
+    model: nn.Module, model_cfg: ModelSection, uri: str, extra: dict[str, Any] | None = None
+) -> None:
     """Write one model file (local or s3://) holding weights, the model config and ``extra`` (epoch, metrics)."""
     storage.write_bytes(uri, model_state_bytes(model, model_cfg, extra))
     log.info("saved model to %s", uri)

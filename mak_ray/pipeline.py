@@ -135,11 +135,14 @@ def stage_retrain(cfg: MakConfig) -> str:
         ds = training_dataset(cfg, cfg.data.target, extra_pool_ids=ids)
         rows, expected = ds.count(), target_images + len(ids)
         if rows != expected:
-            raise RuntimeError(f"retrain/{method}: {rows} training images, expected {target_images} target + "
-                               f"{len(ids)} selected")
+            raise RuntimeError(
+                f"retrain/{method}: {rows} training images, expected {target_images} target + "
+                f"{len(ids)} selected"
+            )
         init = pretrained_model_uri(cfg) if cfg.retrain.from_pretrained else None
-        model_uri = train_simclr(cfg, cfg.retrain, ds, method_dir, f"retrain-{method}", num_rows=rows,
-                                 init_model=init)
+        model_uri = train_simclr(
+            cfg, cfg.retrain, ds, method_dir, f"retrain-{method}", num_rows=rows, init_model=init
+        )
         mark_done(method_dir, {"model": model_uri, "added": len(ids), "images": rows})
     mark_done(out(cfg, "retrain"))
     return out(cfg, "retrain")
@@ -301,11 +304,15 @@ def preflight(cfg: MakConfig, stages: tuple[str, ...]) -> None:
                 raise ConfigError(f"data.{name}", f"{uri} does not exist (stage '{stage}' reads it)")
     if {"score", "select"} & planned and not done(out(cfg, "select")):
         try:
-            n_pool = known_inputs(cfg.data.pool, cfg) if cfg.data.pool and storage.exists(cfg.data.pool) else None
+            n_pool = (
+                known_inputs(cfg.data.pool, cfg) if cfg.data.pool and storage.exists(cfg.data.pool) else None
+            )
         except ValueError as e:  # no inputs, mixed formats
             raise ConfigError("data.pool", str(e)) from e
         if n_pool is not None and cfg.select.budget > n_pool:
-            raise ConfigError("select.budget", f"{cfg.select.budget} is larger than the pool ({n_pool} images)")
+            raise ConfigError(
+                "select.budget", f"{cfg.select.budget} is larger than the pool ({n_pool} images)"
+            )
     for stage in stages:
         for need in NEEDS.get(stage, ()):
             if need not in planned and not done(out(cfg, *STAGE_DIRS[need])):

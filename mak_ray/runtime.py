@@ -12,6 +12,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+
 def init_ray(address: str | None = None, **kwargs: Any) -> None:
     """Connect once. ``address`` beats RAY_ADDRESS; with neither, start a local instance sized to the machine."""
     import ray

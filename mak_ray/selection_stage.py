@@ -108,16 +108,29 @@ def run_selection(cfg: MakConfig, method: str, method_dir: str) -> dict:
             two_stage: dict = {}
             shards = np.array_split(np.arange(len(emb)), cfg.select.kcenter_shards)
             picks, radius = two_stage_k_center(
-                [(s, emb[s]) for s in shards], k, init=target, per_shard_k=cfg.select.per_shard_k, stats=two_stage
+                [(s, emb[s]) for s in shards],
+                k,
+                init=target,
+                per_shard_k=cfg.select.per_shard_k,
+                stats=two_stage,
             )
             keep = ("per_shard_k", "radius_bound", "full_radius", "rounds", "converged")
             summary["two_stage"] = {k2: v for k2, v in two_stage.items() if k2 in keep}
         else:
             # The candidates are the top of the pool by the method's key, scored with pool-wide statistics,
             # so the in-memory selector gives the same picks as it would over the whole pool.
-            chosen = select(method, k=k, ids=np.arange(len(emb)), ecle=cand["ecle"], proximity=cand["proximity"],
-                            embeddings=emb, target_embeddings=target, stats=stats,
-                            loss_weight=cfg.select.loss_weight, core_ratio=cfg.select.core_ratio)
+            chosen = select(
+                method,
+                k=k,
+                ids=np.arange(len(emb)),
+                ecle=cand["ecle"],
+                proximity=cand["proximity"],
+                embeddings=emb,
+                target_embeddings=target,
+                stats=stats,
+                loss_weight=cfg.select.loss_weight,
+                core_ratio=cfg.select.core_ratio,
+            )
             picks, radius = chosen.index, chosen.radii
         picks = np.asarray(picks, np.int64)
         summary["radius_first_last"] = [float(radius[0]), float(radius[-1])] if len(radius) else []

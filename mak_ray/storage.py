@@ -30,8 +30,17 @@ S3_RETRY_ATTEMPTS = 10
 APP_RETRY_ATTEMPTS = 8
 APP_RETRY_BASE_S = 0.1
 # Errors that another try cannot fix: report them at once.
-_PERMANENT = ("AccessDenied", "Forbidden", "HTTP status 403", "NoSuchKey", "NoSuchBucket", "HTTP status 404",
-              "InvalidAccessKeyId", "SignatureDoesNotMatch", "Path does not exist")
+_PERMANENT = (
+    "AccessDenied",
+    "Forbidden",
+    "HTTP status 403",
+    "NoSuchKey",
+    "NoSuchBucket",
+    "HTTP status 404",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "Path does not exist",
+)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -56,8 +65,15 @@ def with_retries(uri: str, what: str, fn):
             if attempt == APP_RETRY_ATTEMPTS - 1 or not _transient(exc):
                 raise
             delay = APP_RETRY_BASE_S * (2**attempt) * (0.5 + random.random())
-            log.warning("%s %s failed (%s); retry %d/%d in %.2f s", what, uri, str(exc).splitlines()[0][:200],
-                        attempt + 1, APP_RETRY_ATTEMPTS - 1, delay)
+            log.warning(
+                "%s %s failed (%s); retry %d/%d in %.2f s",
+                what,
+                uri,
+                str(exc).splitlines()[0][:200],
+                attempt + 1,
+                APP_RETRY_ATTEMPTS - 1,
+                delay,
+            )
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -237,4 +253,3 @@ def delete(uri: str) -> None:
             fs.delete_dir_contents(path, missing_dir_ok=True)
         except OSError:
             pass
-

@@ -38,6 +38,9 @@ def training_dataset(cfg: MakConfig, target_uri: str, extra_pool_ids: Sequence[s
         pool_shards = [s for s in plan_from_config(cfg.data.pool, cfg.data) if s.shard_id in wanted]
         extra = keep_rows(image_dataset(pool_shards, cfg.data), cfg.data, ids=list(extra_pool_ids))
         ds = ds.union(extra)
-        log.info("training set: target plus %d selected pool images from %d shards", len(extra_pool_ids),
-                 len(pool_shards))
+        log.info(
+            "training set: target plus %d selected pool images from %d shards",
+            len(extra_pool_ids),
+            len(pool_shards),
+        )
     return keep_rows(ds, cfg.data, usable_only=True, columns=["image"])

@@ -70,7 +70,9 @@ def test_folder_plan_labels_ids_and_read_errors(tmp_path):
     assert plan_shards(str(tmp_path), "auto", 3) == shards  # stable ids
     os.remove(tmp_path / "b" / "3.png")  # deleted between listing and reading
     got = [r for s in shards for r in rows(s)]
-    assert [r["id"] for r in got] == sorted(str(p) for p in tmp_path.glob("*/*.png")) + [str(tmp_path / "b/3.png")]
+    assert [r["id"] for r in got] == sorted(str(p) for p in tmp_path.glob("*/*.png")) + [
+        str(tmp_path / "b/3.png")
+    ]
     assert [r["label"] for r in got] == ["a"] * 4 + ["b"] * 4
     assert got[-1]["error"] == "read_error:not_found"
     assert all(r["error"] is None for r in got[:-1])
@@ -114,8 +116,16 @@ def test_tar_shards_group_members_and_survive_bad_samples(tmp_path):
 def test_parquet_shards_columns_nulls_and_broken_files(tmp_path):
     rng = np.random.default_rng(2)
     good = [good_image_bytes(rng) for _ in range(3)]
-    pq.write_table(pa.table({"id": ["a", None, "a", "c"], "image": [good[0], good[1], good[2], b"junk"],
-                             "label": ["x", "y", "x", None]}), tmp_path / "p0.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["a", None, "a", "c"],
+                "image": [good[0], good[1], good[2], b"junk"],
+                "label": ["x", "y", "x", None],
+            }
+        ),
+        tmp_path / "p0.parquet",
+    )
     pq.write_table(pa.table({"id": ["z"], "pixels": [good[0]]}), tmp_path / "p1.parquet")
     (tmp_path / "p2.parquet").write_bytes(b"PAR1 but not really")
     shards = plan_shards(str(tmp_path), "auto")

@@ -36,17 +36,20 @@ def blobs(n_per_class: int, n_classes: int, dim: int, seed: int, sep: float = 6.
     return x.astype(np.float32), y
 
 
-def embedding_table(x: np.ndarray, labels: list[str], errors: list[str | None] | None = None,
-                    dtype: pa.DataType | None = None) -> pa.Table:
+def embedding_table(
+    x: np.ndarray, labels: list[str], errors: list[str | None] | None = None, dtype: pa.DataType | None = None
+) -> pa.Table:
     flat = pa.array(x.reshape(-1), type=dtype or pa.float16())
     emb = pa.FixedSizeListArray.from_arrays(flat, x.shape[1])
     n = len(labels)
-    return pa.table({
-        "id": pa.array([f"img-{i}" for i in range(n)], pa.string()),
-        "label": pa.array(labels, pa.string()),
-        "embedding": emb,
-        "error": pa.array(errors if errors is not None else [None] * n, pa.string()),
-    })
+    return pa.table(
+        {
+            "id": pa.array([f"img-{i}" for i in range(n)], pa.string()),
+            "label": pa.array(labels, pa.string()),
+            "embedding": emb,
+            "error": pa.array(errors if errors is not None else [None] * n, pa.string()),
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------ linear probe
@@ -82,14 +85,23 @@ def test_linear_probe_rejects_bad_input():
 def test_class_groups_boundaries_default():
     counts = {"a": 500, "b": 101, "c": 100, "d": 50, "e": 20, "f": 19, "g": 0}
     assert class_groups(counts) == {
-        "a": "many", "b": "many", "c": "medium", "d": "medium", "e": "medium", "f": "few", "g": "few",
+        "a": "many",
+        "b": "many",
+        "c": "medium",
+        "d": "medium",
+        "e": "medium",
+        "f": "few",
+        "g": "few",
     }
 
 
 def test_class_groups_configurable_thresholds():
     counts = {"a": 11, "b": 10, "c": 3, "d": 2}
     assert class_groups(counts, many_threshold=10, few_threshold=3) == {
-        "a": "many", "b": "medium", "c": "medium", "d": "few",
+        "a": "many",
+        "b": "medium",
+        "c": "medium",
+        "d": "few",
     }
     with pytest.raises(ValueError):
         class_groups(counts, many_threshold=2, few_threshold=3)
@@ -179,9 +191,17 @@ def test_evaluate_features_end_to_end():
     json.dumps(res)  # JSON-able
     assert res["n_train"] == 359 and res["n_test"] == 180
     assert res["dropped_errors"] == {"train": 1, "test": 0, "total": 1}
-    assert res["n_few_shot"] == 5 * 6 + 5  # floor(0.1 * 60) = 6 per class; the class with the dropped row: 59 -> 5
-    assert res["groups"]["assignment"] == {"c0": "many", "c1": "many", "c2": "medium", "c3": "medium",
-                                           "c4": "few", "c5": "few"}
+    assert (
+        res["n_few_shot"] == 5 * 6 + 5
+    )  # floor(0.1 * 60) = 6 per class; the class with the dropped row: 59 -> 5
+    assert res["groups"]["assignment"] == {
+        "c0": "many",
+        "c1": "many",
+        "c2": "medium",
+        "c3": "medium",
+        "c4": "few",
+        "c5": "few",
+    }
     assert res["full"]["top1"] > 0.95
     assert res["few_shot"]["top1"] > 0.8
     assert res["few_shot"]["n_train"] == res["n_few_shot"]
@@ -202,7 +222,12 @@ def test_unseen_and_untargeted_classes_are_reported():
 
 
 def test_markdown_table_compares_runs():
-    m = {"top1": 0.5, "groups": {"many": 0.6, "medium": 0.5, "few": None}, "group_std": 0.05, "class_std": 0.1}
+    m = {
+        "top1": 0.5,
+        "groups": {"many": 0.6, "medium": 0.5, "few": None},
+        "group_std": 0.05,
+        "class_std": 0.1,
+    }
     md = markdown_table({"mak / full": m, "random | full": {**m, "top1": 0.25}})
     lines = md.strip().splitlines()
     assert lines[0] == "| setting | overall | many | medium | few | group std | class std |"

@@ -116,7 +116,9 @@ def _fork_run(tiny_run, root, overrides: list[str]):
 
 
 def _score_table(cfg):
-    t = storage.read_parquet(storage.join(cfg.run.output_uri, "score"), columns=["id", "ecle", "proximity", "error"])
+    t = storage.read_parquet(
+        storage.join(cfg.run.output_uri, "score"), columns=["id", "ecle", "proximity", "error"]
+    )
     return t.sort_by("id")
 
 
@@ -180,7 +182,9 @@ def test_scoring_actor_killed_mid_run_loses_and_duplicates_nothing(tiny_run, tmp
     import numpy as np
 
     np.testing.assert_allclose(got.column("ecle").to_numpy(), want.column("ecle").to_numpy(), rtol=1e-5)
-    np.testing.assert_allclose(got.column("proximity").to_numpy(), want.column("proximity").to_numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        got.column("proximity").to_numpy(), want.column("proximity").to_numpy(), rtol=1e-5
+    )
 
 
 def test_job_killed_mid_scoring_resumes_to_the_same_selection(tiny_run, tmp_path):
@@ -208,7 +212,10 @@ def test_job_killed_mid_scoring_resumes_to_the_same_selection(tiny_run, tmp_path
     markers = Path(cfg3.run.output_uri) / "score" / "_markers"
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs.score", "--config", "configs/tiny.yaml", *overrides],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         seen = _wait_for(lambda: markers.exists() and any(markers.iterdir()), 300, 0.05)

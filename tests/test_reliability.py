@@ -17,7 +17,15 @@ from mak_ray.models import build_model, load_model, save_model
 from mak_ray.pipeline import preflight, run_stage
 from mak_ray.score import embed_images
 
-EVIL_IDS = ["../../escape", "/etc/passwd", "a/../../b", "..", "ok-1", "name\\with\\backslash", "\u00e9t\u00e9 \U0001f600"]
+EVIL_IDS = [
+    "../../escape",
+    "/etc/passwd",
+    "a/../../b",
+    "..",
+    "ok-1",
+    "name\\with\\backslash",
+    "\u00e9t\u00e9 \U0001f600",
+]
 
 
 def _tiny_cfg(tmp_path: Path, **over: str):
@@ -31,7 +39,13 @@ def test_hostile_ids_cannot_escape_the_output(tmp_path, ray_session):
     rng = np.random.default_rng(0)
     pool = tmp_path / "in" / "pool.parquet"
     storage.write_parquet(
-        pa.table({"id": EVIL_IDS, "image": [good_image_bytes(rng) for _ in EVIL_IDS], "label": ["x"] * len(EVIL_IDS)}),
+        pa.table(
+            {
+                "id": EVIL_IDS,
+                "image": [good_image_bytes(rng) for _ in EVIL_IDS],
+                "label": ["x"] * len(EVIL_IDS),
+            }
+        ),
         str(pool),
     )
     cfg = _tiny_cfg(tmp_path)
@@ -44,7 +58,11 @@ def test_hostile_ids_cannot_escape_the_output(tmp_path, ray_session):
     assert sorted(table.column("id").to_pylist()) == sorted(EVIL_IDS)
     root = tmp_path.resolve()
     written = [p for p in root.rglob("*") if p.is_file()]
-    outside = [p for p in written if not (str(p).startswith(str(root / "out" / "run")) or p == pool or p.name == "model.pt")]
+    outside = [
+        p
+        for p in written
+        if not (str(p).startswith(str(root / "out" / "run")) or p == pool or p.name == "model.pt")
+    ]
     assert outside == []
     assert not Path("/etc/passwd.parquet").exists()
 
@@ -55,8 +73,9 @@ def test_stage_without_its_checkpoint_is_refused_before_work(tmp_path):
     cfg = _tiny_cfg(tmp_path, **{"data.pool": str(tmp_path / "pool"), "select.budget": "1"})
     with pytest.raises(FileNotFoundError, match="needs the outputs of stage 'pretrain'"):
         preflight(cfg, ("score",))
-    code = cli_main(["score", f"run.output_uri={cfg.run.output_uri}", f"data.pool={tmp_path / 'pool'}",
-                     "select.budget=1"])
+    code = cli_main(
+        ["score", f"run.output_uri={cfg.run.output_uri}", f"data.pool={tmp_path / 'pool'}", "select.budget=1"]
+    )
     assert code == 3
 
 
@@ -68,8 +87,10 @@ def test_missing_checkpoint_file_has_a_clear_error(tmp_path):
 def test_budget_over_pool_size_is_refused_before_work(tmp_path):
     rng = np.random.default_rng(1)
     pool = tmp_path / "pool"
-    storage.write_parquet(pa.table({"id": ["a", "b", "c"], "image": [good_image_bytes(rng) for _ in range(3)]}),
-                          str(pool / "p.parquet"))
+    storage.write_parquet(
+        pa.table({"id": ["a", "b", "c"], "image": [good_image_bytes(rng) for _ in range(3)]}),
+        str(pool / "p.parquet"),
+    )
     cfg = _tiny_cfg(tmp_path, **{"data.pool": str(pool), "data.target": str(pool), "select.budget": "4"})
     with pytest.raises(ConfigError) as err:
         preflight(cfg, ("score", "select"))
@@ -78,8 +99,12 @@ def test_budget_over_pool_size_is_refused_before_work(tmp_path):
 
 @pytest.mark.parametrize(
     ("override", "field"),
-    [("select.budget=0", "select.budget"), ("select.budget=-1", "select.budget"), ("score.vews=3", "score.vews"),
-     ("select.budget=ten", "select.budget")],
+    [
+        ("select.budget=0", "select.budget"),
+        ("select.budget=-1", "select.budget"),
+        ("score.vews=3", "score.vews"),
+        ("select.budget=ten", "select.budget"),
+    ],
 )
 def test_cli_refuses_bad_configs_with_the_field_name(override, field, capsys):
     assert cli_main(["select", override]) == 2

@@ -65,14 +65,23 @@ def centroids() -> np.ndarray:
 
 
 def make_cfg(pool: str, out: str, **score):
-    s = {"views": 3, "bank_size": 32, "ecle_batch_size": 16, "ecle_repeats": 2, "batch_size": 16,
-         "cpus_per_actor": 0.5, "log_every_s": 5.0}
+    s = {
+        "views": 3,
+        "bank_size": 32,
+        "ecle_batch_size": 16,
+        "ecle_repeats": 2,
+        "batch_size": 16,
+        "cpus_per_actor": 0.5,
+        "log_every_s": 5.0,
+    }
     s.update(score)
-    return config_from_dict({
-        "run": {"output_uri": out, "seed": 3},
-        "data": {"pool": pool, "image_size": 16, "max_pixels": 1_000_000, "files_per_shard": 16},
-        "score": s,
-    })
+    return config_from_dict(
+        {
+            "run": {"output_uri": out, "seed": 3},
+            "data": {"pool": pool, "image_size": 16, "max_pixels": 1_000_000, "files_per_shard": 16},
+            "score": s,
+        }
+    )
 
 
 def table(out: str) -> pa.Table:
@@ -121,11 +130,14 @@ def test_local_folder_scores_every_input_and_resumes(ray_session, pool_dir, mode
     victim = markers[2][: -len(".json")]
     os.remove(os.path.join(out, "_markers", markers[2]))
     part = sorted(os.listdir(os.path.join(out, f"shard={victim}")))[0]
-    shutil.copy(os.path.join(out, f"shard={victim}", part), os.path.join(out, f"shard={victim}", "part-stray.parquet"))
+    shutil.copy(
+        os.path.join(out, f"shard={victim}", part), os.path.join(out, f"shard={victim}", "part-stray.parquet")
+    )
     again = score_pool(cfg, model_uri, centroids, out)
     assert again["rows_this_run"] == 16
     assert {k: again[k] for k in ("inputs", "scored", "failed", "failed_by_reason")} == {
-        k: summary[k] for k in ("inputs", "scored", "failed", "failed_by_reason")}
+        k: summary[k] for k in ("inputs", "scored", "failed", "failed_by_reason")
+    }
     assert table(out).equals(t)
 
     # a finished output is not touched again
@@ -133,7 +145,9 @@ def test_local_folder_scores_every_input_and_resumes(ray_session, pool_dir, mode
     assert third["rows_this_run"] == 0 and third["inputs"] == summary["inputs"]
 
 
-def test_scores_do_not_depend_on_actor_count_or_batch_size(ray_session, pool_dir, model_uri, centroids, tmp_path):
+def test_scores_do_not_depend_on_actor_count_or_batch_size(
+    ray_session, pool_dir, model_uri, centroids, tmp_path
+):
     outs = []
     for actors, batch in ((1, 8), (2, 32)):
         out = str(tmp_path / f"a{actors}-b{batch}")
@@ -141,7 +155,9 @@ def test_scores_do_not_depend_on_actor_count_or_batch_size(ray_session, pool_dir
         score_pool(cfg, model_uri, centroids, out)
         outs.append(out)
     a, b = table(outs[0]), table(outs[1])
-    assert np.array_equal(np.load(os.path.join(outs[0], "bank.npy")), np.load(os.path.join(outs[1], "bank.npy")))
+    assert np.array_equal(
+        np.load(os.path.join(outs[0], "bank.npy")), np.load(os.path.join(outs[1], "bank.npy"))
+    )
     assert a["id"].equals(b["id"]) and a["error"].equals(b["error"])
     for col in ("ecle", "proximity"):
         x, y = a[col].to_numpy(zero_copy_only=False), b[col].to_numpy(zero_copy_only=False)
@@ -152,7 +168,7 @@ def test_s3_prefix_with_a_deleted_object(ray_session, s3_bucket, pool_dir, model
     import boto3
 
     s3 = boto3.client("s3")
-    bucket = s3_bucket[len("s3://"):]
+    bucket = s3_bucket[len("s3://") :]
     for dirpath, _, files in os.walk(pool_dir):
         for f in files:
             if dirpath.endswith("class0") and not f.endswith("00.png") and f < "img030":
@@ -169,8 +185,12 @@ def test_s3_prefix_with_a_deleted_object(ray_session, s3_bucket, pool_dir, model
     s3.delete_object(Bucket=bucket, Key="pool/class1/img001.jpg")
     from mak_ray.data import read_shard
 
-    got = {r["id"]: r["error"] for s in shards for b in read_shard(s, cfg.data) for r in
-           b.drop_columns(["image"]).to_pylist()}
+    got = {
+        r["id"]: r["error"]
+        for s in shards
+        for b in read_shard(s, cfg.data)
+        for r in b.drop_columns(["image"]).to_pylist()
+    }
     assert got[f"{s3_bucket}/pool/class1/img001.jpg"] == "read_error:not_found"
 
     summary = score_pool(cfg, model_uri, centroids, out)
@@ -186,7 +206,10 @@ def _tar_pool(root, rng) -> tuple[int, collections.Counter]:
     for s in range(3):
         with tarfile.open(os.path.join(root, f"shard-{s}.tar"), "w") as tar:
             for i in range(12):
-                for name, data in ((f"s{s}/k{i:02d}.png", good_image_bytes(rng)), (f"s{s}/k{i:02d}.cls", b"%d" % (i % 3))):
+                for name, data in (
+                    (f"s{s}/k{i:02d}.png", good_image_bytes(rng)),
+                    (f"s{s}/k{i:02d}.cls", b"%d" % (i % 3)),
+                ):
                     info = tarfile.TarInfo(name)
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
@@ -220,8 +243,10 @@ def test_tar_and_parquet_pools(ray_session, model_uri, centroids, tmp_path):
     ids[5] = ids[4]  # duplicate id
     for k in range(2):
         sl = slice(k * 21, (k + 1) * 21)
-        pq.write_table(pa.table({"id": ids[sl], "image": images[sl], "label": [f"c{i % 2}" for i in range(21)]}),
-                       pq_dir / f"part{k}.parquet")
+        pq.write_table(
+            pa.table({"id": ids[sl], "image": images[sl], "label": [f"c{i % 2}" for i in range(21)]}),
+            pq_dir / f"part{k}.parquet",
+        )
     out = str(tmp_path / "out-pq")
     summary = score_pool(make_cfg(str(pq_dir), out), model_uri, centroids, out)
     check_accounting(summary, table(out), 42, collections.Counter(["duplicate_id", "empty", "not_an_image"]))

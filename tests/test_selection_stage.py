@@ -29,17 +29,28 @@ def fake_run(tmp_path):
         error[bad] = "corrupt"
     run = str(tmp_path / "run")
     for s, rows in enumerate(np.array_split(np.arange(n), 3)):  # three shards, as the scorer writes them
-        table = pa.table({
-            "id": pa.array([ids[i] for i in rows], pa.string()),
-            "ecle": pa.array(ecle[rows]), "proximity": pa.array(prox[rows]),
-            "embedding": _emb_array(emb[rows]), "label": pa.array(["c"] * len(rows), pa.string()),
-            "error": pa.array([error[i] for i in rows], pa.string()), "shard": pa.array([f"s{s}"] * len(rows)),
-        })
+        table = pa.table(
+            {
+                "id": pa.array([ids[i] for i in rows], pa.string()),
+                "ecle": pa.array(ecle[rows]),
+                "proximity": pa.array(prox[rows]),
+                "embedding": _emb_array(emb[rows]),
+                "label": pa.array(["c"] * len(rows), pa.string()),
+                "error": pa.array([error[i] for i in rows], pa.string()),
+                "shard": pa.array([f"s{s}"] * len(rows)),
+            }
+        )
         storage.write_parquet(table, storage.join(run, "score", f"shard=s{s}", "part-0.parquet"))
     target = rng.normal(size=(50, d)).astype(np.float16)
     storage.write_parquet(
-        pa.table({"id": [f"t{i}" for i in range(50)], "embedding": _emb_array(target),
-                  "label": ["c"] * 50, "error": pa.array([None] * 50, pa.string())}),
+        pa.table(
+            {
+                "id": [f"t{i}" for i in range(50)],
+                "embedding": _emb_array(target),
+                "label": ["c"] * 50,
+                "error": pa.array([None] * 50, pa.string()),
+            }
+        ),
         storage.join(run, "embed", "target", "part-0.parquet"),
     )
     ok = np.array([e is None for e in error])
@@ -54,8 +65,18 @@ def test_streamed_selection_equals_in_memory(fake_run, method):
     summary = run_selection(cfg, method, out)
     got = storage.read_text(storage.join(out, "selection.txt")).split()
     stats = ScoreStats.empty().update(ecle, prox)
-    want = select(method, k=40, ids=ids, ecle=ecle, proximity=prox, embeddings=emb, target_embeddings=target,
-                  stats=stats, loss_weight=0.5, core_ratio=1.5)
+    want = select(
+        method,
+        k=40,
+        ids=ids,
+        ecle=ecle,
+        proximity=prox,
+        embeddings=emb,
+        target_embeddings=target,
+        stats=stats,
+        loss_weight=0.5,
+        core_ratio=1.5,
+    )
     assert got == [str(i) for i in want.ids]
     assert summary["usable_pool"] == 597
     table = storage.read_parquet(storage.join(out, "selection.parquet"))
@@ -64,10 +85,14 @@ def test_streamed_selection_equals_in_memory(fake_run, method):
 
 def test_random_is_seeded_and_usable_only(fake_run):
     cfg, ids, *_ = fake_run
-    a = run_selection(cfg, "random", storage.join(cfg.run.output_uri, "a")) and storage.read_text(
-        storage.join(cfg.run.output_uri, "a", "selection.txt")).split()
-    b = run_selection(cfg, "random", storage.join(cfg.run.output_uri, "b")) and storage.read_text(
-        storage.join(cfg.run.output_uri, "b", "selection.txt")).split()
+    a = (
+        run_selection(cfg, "random", storage.join(cfg.run.output_uri, "a"))
+        and storage.read_text(storage.join(cfg.run.output_uri, "a", "selection.txt")).split()
+    )
+    b = (
+        run_selection(cfg, "random", storage.join(cfg.run.output_uri, "b"))
+        and storage.read_text(storage.join(cfg.run.output_uri, "b", "selection.txt")).split()
+    )
     assert a == b and len(set(a)) == 40 and set(a) <= set(ids.tolist())
 
 

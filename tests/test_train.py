@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import ray.train
 import torch
 
 from mak_ray import storage
@@ -40,7 +41,9 @@ def _easy(n: int = 64, seed: int = 0) -> np.ndarray:
     """Grey 2x2 block layouts (3 levels per block): distinct shapes that survive crops and colour jitter."""
     rng = np.random.default_rng(seed)
     cells = rng.integers(0, 3, size=(n, 2, 2, 1)) * 127
-    return np.broadcast_to(cells.repeat(SIZE // 2, 1).repeat(SIZE // 2, 2), (n, SIZE, SIZE, 3)).astype(np.uint8)
+    return np.broadcast_to(cells.repeat(SIZE // 2, 1).repeat(SIZE // 2, 2), (n, SIZE, SIZE, 3)).astype(
+        np.uint8
+    )
 
 
 def _history(storage_uri: str) -> list[dict]:
@@ -80,7 +83,7 @@ def test_killed_worker_and_rerun_resume_from_checkpoint(ray_session, tmp_path) -
     cfg = _cfg(epochs=2, max_failures=0)
     data = _dataset(_noise(24))
     # 1) the worker dies right after the epoch-1 checkpoint and no retries are allowed: the run fails
-    with pytest.raises(Exception):
+    with pytest.raises(ray.train.TrainingFailedError):
         train_simclr(cfg, cfg.pretrain, data, store, "resume", crash=CrashOnce(1, str(tmp_path / "m1")))
     assert os.path.exists(tmp_path / "m1")
     assert not storage.exists(storage.join(store, "model.pt"))

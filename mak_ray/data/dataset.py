@@ -30,7 +30,9 @@ from mak_ray.data.decode import decode_image
 from mak_ray.data.readers import Record, iter_records
 from mak_ray.data.sources import Shard
 
-OUTPUT_BATCH_BYTES = 32 * 1024 * 1024  # decoded images per yielded batch, so a batch never grows with the shard
+OUTPUT_BATCH_BYTES = (
+    32 * 1024 * 1024
+)  # decoded images per yielded batch, so a batch never grows with the shard
 DEFAULT_BATCH_ROWS = 256  # rows per yielded block: small blocks let an actor pool share one shard's rows
 MAX_READ_BLOCKS = 4096  # more shards than this share read tasks (sequentially), keeping driver metadata small
 
@@ -91,15 +93,17 @@ def read_shard(shard: Shard, data: DataSection, batch_rows: int | None = None) -
         shard_rows = np.zeros(n, dtype=np.int64)
         if total:
             shard_rows[-1] = total
-        out = to_arrow({
-            "id": ids,
-            "image": images[:n].copy(),
-            "label": labels,
-            "error": errors,
-            "shard": [shard.shard_id] * n,
-            "row": np.arange(first_row, first_row + n, dtype=np.int64),
-            "shard_rows": shard_rows,
-        })
+        out = to_arrow(
+            {
+                "id": ids,
+                "image": images[:n].copy(),
+                "label": labels,
+                "error": errors,
+                "shard": [shard.shard_id] * n,
+                "row": np.arange(first_row, first_row + n, dtype=np.int64),
+                "shard_rows": shard_rows,
+            }
+        )
         ids.clear(), labels.clear(), errors.clear()
         images[:] = 0
         return out
@@ -151,7 +155,9 @@ def image_dataset(shards: list[Shard], data: DataSection, batch_rows: int | None
     )
 
 
-def _filter_rows(batch: pa.Table, wanted: pa.Array | None, usable_only: bool, columns: list[str] | None) -> pa.Table:
+def _filter_rows(
+    batch: pa.Table, wanted: pa.Array | None, usable_only: bool, columns: list[str] | None
+) -> pa.Table:
     if wanted is not None:
         batch = batch.filter(pc.is_in(batch["id"], value_set=wanted))
     if usable_only:
@@ -159,7 +165,9 @@ def _filter_rows(batch: pa.Table, wanted: pa.Array | None, usable_only: bool, co
     return batch.select(columns) if columns else batch
 
 
-def keep_rows(ds, data: DataSection, *, ids=None, usable_only: bool = False, columns: list[str] | None = None):
+def keep_rows(
+    ds, data: DataSection, *, ids=None, usable_only: bool = False, columns: list[str] | None = None
+):
     """Filter a dataset from :func:`image_dataset` to ``ids`` and/or rows without error, keeping ``columns``.
 
     Arrow batches, because numpy batches can turn an all-null string column into NaN floats; and the read

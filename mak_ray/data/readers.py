@@ -116,7 +116,10 @@ def _iter_tar(uri: str) -> Iterator[Record]:
     members: dict[str, bytes] = {}
     n = 0
     try:
-        with stream, tarfile.open(fileobj=stream, mode="r|*", encoding="utf-8", errors="surrogateescape") as tar:
+        with (
+            stream,
+            tarfile.open(fileobj=stream, mode="r|*", encoding="utf-8", errors="surrogateescape") as tar,
+        ):
             for info in tar:
                 if not info.isfile():
                     continue
@@ -138,7 +141,9 @@ def _iter_tar(uri: str) -> Iterator[Record]:
         if n == 0 and key is None:
             yield Record(safe_text(uri), None, None, reason)
         else:
-            log.warning("%s: tar stream failed after %d samples (%s); the rest of the file is lost", uri, n, reason)
+            log.warning(
+                "%s: tar stream failed after %d samples (%s); the rest of the file is lost", uri, n, reason
+            )
             yield Record(f"{safe_text(uri)}#<after {n} samples>", None, None, reason)
 
 
@@ -164,7 +169,9 @@ def _iter_parquet(uri: str, data: DataSection) -> Iterator[Record]:
         if col not in names:
             yield Record(safe_text(uri), None, None, f"missing_column:{col}")
             return
-    columns = [data.id_column, data.image_column] + ([data.label_column] if data.label_column in names else [])
+    columns = [data.id_column, data.image_column] + (
+        [data.label_column] if data.label_column in names else []
+    )
     row = 0
     try:
         for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):

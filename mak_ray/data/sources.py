@@ -76,7 +76,9 @@ def _parent_label(root: str, path: str) -> str | None:
     return posixpath.basename(parent) if parent else None
 
 
-def plan_shards(uri: str, fmt: str = "auto", files_per_shard: int = 1000, labels_from_parent: bool = True) -> list[Shard]:
+def plan_shards(
+    uri: str, fmt: str = "auto", files_per_shard: int = 1000, labels_from_parent: bool = True
+) -> list[Shard]:
     """List ``uri`` once and cut it into shards. Raises before any heavy work if nothing usable is there."""
     files = storage.list_files(uri)
     if fmt == "auto":

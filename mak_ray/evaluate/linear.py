@@ -66,7 +66,9 @@ def fit_linear(
 ) -> LinearProbe:
     """Train a :class:`LinearProbe` on features ``x`` (n, dim) and integer labels ``y`` in ``[0, n_classes)``."""
     xt = _as_features(x, device)
-    yt = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).to(device=device, dtype=torch.long)
+    yt = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).to(
+        device=device, dtype=torch.long
+    )
     n = xt.shape[0]
     if yt.shape != (n,):
         raise ValueError(f"labels shape {tuple(yt.shape)} does not match {n} feature rows")

@@ -113,8 +113,11 @@ def evaluate_features(
     eval_classes = sorted(set(classes) | set(te.labels.tolist()))
     missing = [c for c in eval_classes if c not in target_counts]
     if missing:
-        log.warning("%d evaluation classes are absent from the target counts; counted as 0: %s",
-                    len(missing), missing[:10])
+        log.warning(
+            "%d evaluation classes are absent from the target counts; counted as 0: %s",
+            len(missing),
+            missing[:10],
+        )
     counts = {c: int(target_counts.get(c, 0)) for c in eval_classes}
     groups = class_groups(counts, cfg.many_threshold, cfg.few_threshold)
 
@@ -132,8 +135,11 @@ def evaluate_features(
         "n_few_shot": int(len(few_idx)),
         "n_classes": len(classes),
         "dim": int(tr.x.shape[1]),
-        "dropped_errors": {"train": tr.dropped_errors, "test": te.dropped_errors,
-                           "total": tr.dropped_errors + te.dropped_errors},
+        "dropped_errors": {
+            "train": tr.dropped_errors,
+            "test": te.dropped_errors,
+            "total": tr.dropped_errors + te.dropped_errors,
+        },
         "unseen_test_classes": unseen,
         "groups": {
             "many_threshold": cfg.many_threshold,
@@ -160,8 +166,15 @@ def markdown_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     ]
     for name, m in rows.items():
         g = m.get("groups", {})
-        cells = [str(name).replace("|", "\\|"), _pct(m.get("top1")), _pct(g.get("many")),
-                 _pct(g.get("medium")), _pct(g.get("few")), _pct(m.get("group_std")), _pct(m.get("class_std"))]
+        cells = [
+            str(name).replace("|", "\\|"),
+            _pct(m.get("top1")),
+            _pct(g.get("many")),
+            _pct(g.get("medium")),
+            _pct(g.get("few")),
+            _pct(m.get("group_std")),
+            _pct(m.get("class_std")),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -51,8 +51,14 @@ def _candidate_shards(cfg: MakConfig, shards: list[Shard], want: int) -> tuple[l
         out = []
         for j in range(0, len(picked), _CANDIDATES_PER_SHARD):
             part = picked[j : j + _CANDIDATES_PER_SHARD]
-            out.append(Shard(f"bank-{j // _CANDIDATES_PER_SHARD:05d}", "files", [p for p, _ in part],
-                             [lab for _, lab in part]))
+            out.append(
+                Shard(
+                    f"bank-{j // _CANDIDATES_PER_SHARD:05d}",
+                    "files",
+                    [p for p, _ in part],
+                    [lab for _, lab in part],
+                )
+            )
         return out, None
     order = rng.permutation(len(shards))[:BANK_SHARDS]
     subset = [shards[i] for i in sorted(order.tolist())]
@@ -78,8 +84,14 @@ def compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard]) -> np.ndar
     ds = image_dataset(cand, cfg.data, batch_rows=sc.batch_size)
     if keep is not None:
         ds = keep_rows(ds, cfg.data, ids=sorted(keep))
-    params = ScorerParams(model_uri=model_uri, mode="bank", image_size=cfg.data.image_size, views=sc.views,
-                          seed=cfg.run.seed, use_gpu=sc.gpus_per_actor > 0)
+    params = ScorerParams(
+        model_uri=model_uri,
+        mode="bank",
+        image_size=cfg.data.image_size,
+        views=sc.views,
+        seed=cfg.run.seed,
+        use_gpu=sc.gpus_per_actor > 0,
+    )
     ds = ds.map_batches(
         PoolScorer,
         fn_constructor_kwargs={"params": asdict(params)},
@@ -100,8 +112,11 @@ def compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard]) -> np.ndar
     order = np.argsort(_priority(cfg.run.seed, ids), kind="stable")[: sc.bank_size]
     bank = np.ascontiguousarray(z[order].transpose(1, 0, 2))
     if bank.shape[1] < sc.bank_size:
-        log.warning("negative bank has %d samples, fewer than score.bank_size=%d (small pool)", bank.shape[1],
-                    sc.bank_size)
+        log.warning(
+            "negative bank has %d samples, fewer than score.bank_size=%d (small pool)",
+            bank.shape[1],
+            sc.bank_size,
+        )
     if bank.shape[1] < 2:
         raise ValueError(f"the negative bank needs at least 2 usable pool images, got {bank.shape[1]}")
     return bank
@@ -112,8 +127,10 @@ def load_or_compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard], ou
     if storage.exists(uri):
         bank = np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False)
         if bank.ndim != 3 or bank.shape[0] != cfg.score.views:
-            raise ValueError(f"{uri} has shape {bank.shape}, not [{cfg.score.views}, M, D]: it belongs to another "
-                             "configuration; use a fresh output URI")
+            raise ValueError(
+                f"{uri} has shape {bank.shape}, not [{cfg.score.views}, M, D]: it belongs to another "
+                "configuration; use a fresh output URI"
+            )
         log.info("reusing negative bank %s %s", uri, bank.shape)
         return bank
     bank = compute_bank(cfg, model_uri, shards)

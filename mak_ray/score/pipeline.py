@@ -68,7 +68,9 @@ def _table(cols: dict[str, np.ndarray], mode: str, emb_dtype: str) -> pa.Table:
     return pa.table(arrays)
 
 
-def _write_parts(batch: dict[str, np.ndarray], out_uri: str, mode: str, emb_dtype: str) -> dict[str, np.ndarray]:
+def _write_parts(
+    batch: dict[str, np.ndarray], out_uri: str, mode: str, emb_dtype: str
+) -> dict[str, np.ndarray]:
     """Write one part file per shard present in ``batch``; return one small accounting record per file."""
     shards = np.array([str(s) for s in batch["shard"]], dtype=object)
     rec: dict[str, list] = collections.defaultdict(list)
@@ -114,8 +116,11 @@ def _prepare(out_uri: str, shards: list[Shard]) -> set[str]:
                 present.add(top[len("shard=") :])
     stale = (done | present) - planned
     if stale:
-        log.warning("%s: %d shards in the output are not in the planned input (it changed); removing them",
-                    out_uri, len(stale))
+        log.warning(
+            "%s: %d shards in the output are not in the planned input (it changed); removing them",
+            out_uri,
+            len(stale),
+        )
         for sid in stale:
             storage.delete(shard_dir(out_uri, sid))
             storage.delete(marker_uri(out_uri, sid))
@@ -167,8 +172,12 @@ class _Progress:
         if sid in self.finished:
             return
         failed = dict(self.failed[sid])
-        m = {"shard": sid, "rows": int(self.rows[sid]), "failed": failed,
-             "scored": int(self.rows[sid] - sum(failed.values()))}
+        m = {
+            "shard": sid,
+            "rows": int(self.rows[sid]),
+            "failed": failed,
+            "scored": int(self.rows[sid] - sum(failed.values())),
+        }
         storage.write_json(marker_uri(self.out_uri, sid), m)
         self.finished[sid] = m
 
@@ -190,8 +199,15 @@ class _Progress:
                 break
         eta = (est - done_rows) / rate if rate > 0 and np.isfinite(est) else float("nan")
         eta_txt = f"{eta:.0f}s" if np.isfinite(eta) else "?"
-        log.info("%s: %d images (%d/%d shards), %.1f images/s, ETA %s", self.what, done_rows, len(self.finished),
-                 len(self.known), rate, eta_txt)
+        log.info(
+            "%s: %d images (%d/%d shards), %.1f images/s, ETA %s",
+            self.what,
+            done_rows,
+            len(self.finished),
+            len(self.known),
+            rate,
+            eta_txt,
+        )
 
 
 def _run(
@@ -230,19 +246,24 @@ def _run(
             )
         )
         for batch in records.iter_batches(batch_size=None, batch_format="numpy"):
-            for sid, n, failed, total, rss in zip(batch["shard"], batch["n"], batch["failed"], batch["total"],
-                                                  batch["max_rss"]):
+            for sid, n, failed, total, rss in zip(
+                batch["shard"], batch["n"], batch["failed"], batch["total"], batch["max_rss"]
+            ):
                 progress.add(str(sid), int(n), json.loads(failed), int(total), int(rss))
         # The stream ended without error, so every row of every shard has been written: mark the rest
         # (shards whose last row was not seen in a record of their own, and empty shards).
         for s in todo:
             if s.shard_id in progress.total and progress.total[s.shard_id] != progress.rows[s.shard_id]:
-                raise RuntimeError(f"shard {s.shard_id}: {progress.rows[s.shard_id]} rows written, "
-                                   f"{progress.total[s.shard_id]} read")
+                raise RuntimeError(
+                    f"shard {s.shard_id}: {progress.rows[s.shard_id]} rows written, "
+                    f"{progress.total[s.shard_id]} read"
+                )
             progress.finish(s.shard_id)
         progress.log_line(time.monotonic())
     markers = list(progress.finished.values()) + _read_markers(out_uri, sorted(done))
-    return _summarise(out_uri, markers, time.monotonic() - t0, sum(progress.rows.values()), progress.actor_rss)
+    return _summarise(
+        out_uri, markers, time.monotonic() - t0, sum(progress.rows.values()), progress.actor_rss
+    )
 
 
 def _summarise(out_uri: str, markers: list[dict], seconds: float, rows_this_run: int, actor_rss: int) -> dict:
@@ -253,7 +274,9 @@ def _summarise(out_uri: str, markers: list[dict], seconds: float, rows_this_run:
     scored = sum(m["scored"] for m in markers)
     failed = sum(by_reason.values())
     if inputs != scored + failed:
-        raise RuntimeError(f"accounting mismatch in {out_uri}: inputs {inputs} != scored {scored} + failed {failed}")
+        raise RuntimeError(
+            f"accounting mismatch in {out_uri}: inputs {inputs} != scored {scored} + failed {failed}"
+        )
     summary = {
         "inputs": inputs,
         "scored": scored,
@@ -282,9 +305,16 @@ def score_pool(cfg: MakConfig, model_uri: str, centroids: np.ndarray, out_uri: s
     bank = load_or_compute_bank(cfg, model_uri, shards, out_uri)
     sc = cfg.score
     params = ScorerParams(
-        model_uri=model_uri, mode="score", image_size=cfg.data.image_size, views=sc.views, seed=cfg.run.seed,
-        temperature=sc.temperature, ecle_batch_size=sc.ecle_batch_size, ecle_repeats=sc.ecle_repeats,
-        use_gpu=sc.gpus_per_actor > 0, embedding_dtype=sc.embedding_dtype,
+        model_uri=model_uri,
+        mode="score",
+        image_size=cfg.data.image_size,
+        views=sc.views,
+        seed=cfg.run.seed,
+        temperature=sc.temperature,
+        ecle_batch_size=sc.ecle_batch_size,
+        ecle_repeats=sc.ecle_repeats,
+        use_gpu=sc.gpus_per_actor > 0,
+        embedding_dtype=sc.embedding_dtype,
     )
     return _run(cfg, shards, params, out_uri, bank=bank, centroids=centroids)
 
@@ -292,6 +322,12 @@ def score_pool(cfg: MakConfig, model_uri: str, centroids: np.ndarray, out_uri: s
 def embed_images(input_uri: str, cfg: MakConfig, model_uri: str, out_uri: str) -> dict:
     """Clean-view backbone embeddings of every image under ``input_uri`` into ``out_uri``; resumable."""
     shards = plan_from_config(input_uri, cfg.data)
-    params = ScorerParams(model_uri=model_uri, mode="embed", image_size=cfg.data.image_size, seed=cfg.run.seed,
-                          use_gpu=cfg.score.gpus_per_actor > 0, embedding_dtype=cfg.score.embedding_dtype)
+    params = ScorerParams(
+        model_uri=model_uri,
+        mode="embed",
+        image_size=cfg.data.image_size,
+        seed=cfg.run.seed,
+        use_gpu=cfg.score.gpus_per_actor > 0,
+        embedding_dtype=cfg.score.embedding_dtype,
+    )
     return _run(cfg, shards, params, out_uri)

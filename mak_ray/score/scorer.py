@@ -67,7 +67,9 @@ class PoolScorer:
             raise ValueError(f"unknown scorer mode {self.p.mode!r}")
         self.device = "cuda" if self.p.use_gpu and torch.cuda.is_available() else "cpu"
         if self.device == "cpu":
-            torch.set_num_threads(1)  # fractional CPUs per actor: one intra-op thread each, no oversubscription
+            torch.set_num_threads(
+                1
+            )  # fractional CPUs per actor: one intra-op thread each, no oversubscription
         self.model = load_model(self.p.model_uri, device=self.device)
         self.bank = None if bank is None else np.asarray(_resolve(bank), dtype=np.float32)
         self.centroids = None if centroids is None else np.asarray(_resolve(centroids), dtype=np.float32)
@@ -111,7 +113,9 @@ class PoolScorer:
 
     def _columns(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         n = len(batch["id"])
-        errors = np.array([_text_or_none(e) for e in batch["error"]], dtype=object)  # rows failing here get a reason
+        errors = np.array(
+            [_text_or_none(e) for e in batch["error"]], dtype=object
+        )  # rows failing here get a reason
         idx = np.flatnonzero([e is None for e in errors])
         images = np.ascontiguousarray(batch["image"][idx])
         keys = [str(k) for k in batch["id"][idx]]

@@ -26,7 +26,9 @@ def _open(uri: str) -> pq.ParquetFile:
     return pq.ParquetFile(fs.open_input_file(path))
 
 
-def iter_score_columns(out_uri: str, columns: Sequence[str], batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
+def iter_score_columns(
+    out_uri: str, columns: Sequence[str], batch_rows: int = 65536
+) -> Iterator[pa.RecordBatch]:
     """Record batches of only ``columns`` over every part file; memory is bounded by ``batch_rows``."""
     for uri in part_files(out_uri):
         yield from _open(uri).iter_batches(batch_size=batch_rows, columns=list(columns))

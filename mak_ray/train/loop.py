@@ -63,9 +63,7 @@ def train_step(
     view2 = augment_batch(images, image_size)
     x = torch.cat([view1, view2]).to(device, non_blocking=True)
     b = view1.shape[0]
-    amp = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    )
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     with amp:  # bf16 on GPU; the loss itself is computed in float32
         z = model(x)
     loss = distributed_nt_xent(z[:b], z[b:], temperature)

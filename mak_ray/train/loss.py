@@ -44,7 +44,12 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 def _nt_xent_core(
-    z1: torch.Tensor, z2: torch.Tensor, all1: torch.Tensor, all2: torch.Tensor, offset: int, temperature: float
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    all1: torch.Tensor,
+    all2: torch.Tensor,
+    offset: int,
+    temperature: float,
 ) -> torch.Tensor:
     """Mean NT-Xent over the local anchors ``cat(z1, z2)`` against all candidates ``cat(all1, all2)``.
 

@@ -61,16 +61,25 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _write_checkpoint(
-    directory: str, model: torch.nn.Module, model_cfg: ModelSection, optimizer: Any, scheduler: Any,
-    epoch: int, history: list,
+    directory: str,
+    model: torch.nn.Module,
+    model_cfg: ModelSection,
+    optimizer: Any,
+    scheduler: Any,
+    epoch: int,
+    history: list,
 ) -> None:
     """model.pt (the models file format, directly loadable) + train_state.pt (what resuming needs)."""
     extra = {"epoch": epoch, "metrics": history[-1] if history else {}}
     with open(os.path.join(directory, MODEL_FILE), "wb") as f:
         f.write(model_state_bytes(model, model_cfg, extra))
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-         "history": history},
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "history": history,
+        },
         os.path.join(directory, STATE_FILE),
     )
 
@@ -98,7 +107,9 @@ def _train_loop(config: dict[str, Any]) -> None:
     cfg = _LoopConfig(**config)
     section = TrainSection(**cfg.train)
     model_cfg = ModelSection(**cfg.model)
-    torch.set_num_threads(max(1, math.ceil(section.cpus_per_worker)))  # 1.5 CPUs: 2 threads, 0.5 left for data
+    torch.set_num_threads(
+        max(1, math.ceil(section.cpus_per_worker))
+    )  # 1.5 CPUs: 2 threads, 0.5 left for data
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -130,7 +141,10 @@ def _train_loop(config: dict[str, Any]) -> None:
         loss_sum = torch.zeros((), device=device)
         steps = 0
         for batch in shard.iter_batches(  # local shuffle: batch composition (hence negatives) varies by epoch
-            batch_size=local_batch, batch_format="numpy", drop_last=True, prefetch_batches=2,
+            batch_size=local_batch,
+            batch_format="numpy",
+            drop_last=True,
+            prefetch_batches=2,
             local_shuffle_buffer_size=SHUFFLE_BATCHES * local_batch,
         ):
             images = as_image_array(batch["image"])
@@ -141,8 +155,9 @@ def _train_loop(config: dict[str, Any]) -> None:
             if rank == 0 and time.perf_counter() - last_log > PROGRESS_LOG_S:
                 last_log = time.perf_counter()
                 log.info("epoch %d step %d loss %.4f", epoch + 1, steps, float(loss_sum) / steps)
-        totals = torch.stack([loss_sum.to(torch.float64), torch.tensor(float(steps), device=device,
-                                                                           dtype=torch.float64)])
+        totals = torch.stack(
+            [loss_sum.to(torch.float64), torch.tensor(float(steps), device=device, dtype=torch.float64)]
+        )
         if world > 1 and dist.is_initialized():
             dist.all_reduce(totals)  # on the worker's device: NCCL needs GPU tensors, gloo CPU ones
         totals = totals.cpu()
@@ -161,7 +176,11 @@ def _train_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             log.info(
                 "epoch %d/%d loss %.4f  %.1f images/s  lr %.4g",
-                epoch + 1, section.epochs, metrics["loss"], metrics["images_per_s"], metrics["lr"],
+                epoch + 1,
+                section.epochs,
+                metrics["loss"],
+                metrics["images_per_s"],
+                metrics["lr"],
             )
         done = epoch + 1
         if done % section.checkpoint_every == 0 or done == section.epochs:
@@ -173,7 +192,12 @@ def _train_loop(config: dict[str, Any]) -> None:
                 ray.train.report(metrics)
         else:
             ray.train.report(metrics)
-        if cfg.crash and rank == 0 and done == cfg.crash["after_epoch"] and not os.path.exists(cfg.crash["marker"]):
+        if (
+            cfg.crash
+            and rank == 0
+            and done == cfg.crash["after_epoch"]
+            and not os.path.exists(cfg.crash["marker"])
+        ):
             open(cfg.crash["marker"], "w").close()
             # Wait until the controller has registered the checkpoint just reported: a worker killed before
             # that resumes from the checkpoint before it (the upload is done, the registration is not).
@@ -221,7 +245,9 @@ def train_simclr(
     workers = section.num_workers
     local_batch = section.batch_size // workers
     if local_batch < 2:
-        raise ValueError(f"batch_size {section.batch_size} gives under 2 images per worker on {workers} workers")
+        raise ValueError(
+            f"batch_size {section.batch_size} gives under 2 images per worker on {workers} workers"
+        )
     dataset = dataset.randomize_block_order()  # no select_columns: it would add a 1-CPU task that can starve
     rows = int(num_rows) if num_rows is not None else dataset.count()
     steps_per_epoch = (rows // workers) // local_batch
@@ -241,13 +267,22 @@ def train_simclr(
     )
     log.info(
         "training %s: %d images, %d workers x batch %d, %d steps/epoch, %d epochs -> %s/%s",
-        cfg.model.arch, rows, workers, local_batch, steps_per_epoch, section.epochs, storage_uri, run_name,
+        cfg.model.arch,
+        rows,
+        workers,
+        local_batch,
+        steps_per_epoch,
+        section.epochs,
+        storage_uri,
+        run_name,
     )
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config=dataclasses.asdict(loop_cfg),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=section.use_gpu, resources_per_worker={"CPU": section.cpus_per_worker}
+            num_workers=workers,
+            use_gpu=section.use_gpu,
+            resources_per_worker={"CPU": section.cpus_per_worker},
         ),
         run_config=_run_config(section, storage_uri, run_name),
         datasets={"train": dataset},
@@ -261,6 +296,8 @@ def train_simclr(
         state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
     final = storage.join(storage_uri, MODEL_FILE)
     storage.write_bytes(final, model_bytes)
-    storage.write_json(storage.join(storage_uri, METRICS_FILE), {"run_name": run_name, "history": state["history"]})
+    storage.write_json(
+        storage.join(storage_uri, METRICS_FILE), {"run_name": run_name, "history": state["history"]}
+    )
     log.info("final model (epoch %d) -> %s", state["epoch"], final)
     return final
