@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+from bench import load1
 from mak_ray.select import ecle
 
 
@@ -38,22 +39,14 @@ def main() -> None:
         f"ECLE with bank: N={n:,}, R={args.views}, D=128, bank M={args.bank:,}, batch 512, "
         f"repeats {args.repeats}, torch threads {torch.get_num_threads()}"
     )
-    load0 = _load1()
+    load0 = load1()
     t0, c0 = time.perf_counter(), time.process_time()
     out = ecle(views, bank, batch_size=512, repeats=args.repeats, keys=keys)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(
         f"  {dt:.2f} s wall   {n / dt:,.0f} samples/s   {cpu:.2f} s CPU ({n / cpu:,.0f} samples per CPU-s)"
-        f"   load avg {load0} -> {_load1()}   (mean ECLE {out.mean():.4f})"
+        f"   load avg {load0} -> {load1()}   (mean ECLE {out.mean():.4f})"
     )
-
-
-def _load1() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return f.read().split()[0]
-    except OSError:
-        return "n/a"
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from bench import load1
 from mak_ray.select.kcenter import greedy_k_center
 
 
@@ -122,7 +123,7 @@ def main() -> None:
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
     t_red = reduction_seconds(xn)
     stats: dict = {}
-    load_before = _load1()
+    load_before = load1()
     t0 = time.perf_counter()
     picks, radii = greedy_k_center(x, k, init, metric="cosine", backend=args.backend, stats=stats)
     t_fast = time.perf_counter() - t0
@@ -135,7 +136,7 @@ def main() -> None:
     init_frac = stats["init_dist_computed"] / (n * m)
     print(
         f"  pruned exact greedy:            {t_fast:8.2f} s   final radius (1-cos) {radii[-1]:.4f}"
-        f"   load avg {load_before} -> {_load1()}"
+        f"   load avg {load_before} -> {load1()}"
     )
     print(f"  bandwidth floor k x reduction:  {floor:8.2f} s   ({t_red * 1e3:.2f} ms per full read)")
     print(f"  paper-style full recompute:     {t_paper:8.1f} s   (extrapolated from {n_small:,} rows)")
@@ -157,15 +158,6 @@ def main() -> None:
         first = int(np.argmax(ref != got))
         print(f"    first difference at pick {first}")
         raise SystemExit(1)
-
-
-def _load1() -> str:
-    """1-minute load average: the machine may be shared, and every figure here is wall time."""
-    try:
-        with open("/proc/loadavg") as f:
-            return f.read().split()[0]
-    except OSError:
-        return "n/a"
 
 
 if __name__ == "__main__":

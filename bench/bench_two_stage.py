@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from bench import load1
 from bench.bench_kcenter import make_embeddings
 from mak_ray.select import greedy_k_center, two_stage_k_center
 from mak_ray.select._backend import Ops
@@ -75,15 +76,7 @@ def main() -> None:
         f"  documented bound (sqrt(max r1) + sqrt(r2))^2 = {stats['radius_bound']:.4f} >= {r_two:.4f}: "
         f"{r_two <= stats['radius_bound'] + 1e-6}"
     )
-    print(f"  wall-time ratio two-stage / single: {t_two / t_single:.3f}   load avg {_load1()}")
-
-
-def _load1() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return f.read().split()[0]
-    except OSError:
-        return "n/a"
+    print(f"  wall-time ratio two-stage / single: {t_two / t_single:.3f}   load avg {load1()}")
 
 
 if __name__ == "__main__":
