@@ -30,23 +30,16 @@ S3_RETRY_ATTEMPTS = 10
 APP_RETRY_ATTEMPTS = 8
 APP_RETRY_BASE_S = 0.1
 # Errors that another try cannot fix: report them at once.
-_PERMANENT = (
-    "AccessDenied",
-    "Forbidden",
-    "HTTP status 403",
-    "NoSuchKey",
-    "NoSuchBucket",
-    "HTTP status 404",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "Path does not exist",
-)
+_PERMANENT = ("accessdenied", "forbidden", "httpstatus403", "nosuchkey", "nosuchbucket", "httpstatus404",
+              "resourcenotfound", "invalidaccesskeyid", "signaturedoesnotmatch", "pathdoesnotexist")
 
 
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
-    return isinstance(exc, OSError) and not any(p in str(exc) for p in _PERMANENT)
+    # The SDK spells codes both ways ("AccessDenied", "ACCESS_DENIED"): compare without case or underscores.
+    text = str(exc).lower().replace("_", "").replace(" ", "")
+    return isinstance(exc, OSError) and not any(p in text for p in _PERMANENT)
 
 
 def with_retries(uri: str, what: str, fn):

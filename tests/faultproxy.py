@@ -39,6 +39,7 @@ _ERRORS = {
         "We encountered an internal error. Please try again.",
     ),
     "503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
+    "403": (403, "Forbidden", "AccessDenied", "Access Denied"),
 }
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection"}
 _MAX_LINE = 65536
@@ -146,7 +147,8 @@ class _Handler(socketserver.StreamRequestHandler):
                 raise _BadRequest("eof in body")
         keep_alive = headers.get("connection", "").lower() != "close"
 
-        fault = proxy._draw_fault()
+        path = parts[1].split("?", 1)[0]
+        fault = "403" if method in ("GET", "HEAD") and proxy._denied(path) else proxy._draw_fault()
         if fault == "reset":
             # RST instead of FIN: the client sees "connection reset by peer" while waiting for the answer.
             self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -229,6 +231,7 @@ class FaultProxy:
         kinds: tuple[str, ...] = FAULT_KINDS,
         io_timeout: float = 60.0,
         max_seconds: float = 900.0,
+        deny: tuple[str, ...] = (),
     ):
         parsed = urlparse(upstream_url)
         if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
@@ -240,6 +243,7 @@ class FaultProxy:
         self.upstream_port = parsed.port or 80
         self.fault_rate = fault_rate
         self.kinds = tuple(kinds)
+        self.deny = tuple(deny)  # path suffixes answered 403 AccessDenied on GET/HEAD, like an object ACL
         self.io_timeout = io_timeout
         self.max_seconds = max_seconds
         self.faults: Counter[str] = Counter({k: 0 for k in FAULT_KINDS})
@@ -312,6 +316,13 @@ class FaultProxy:
             kind = self._rng.choice(self.kinds)
             self.faults[kind] += 1
             return kind
+
+    def _denied(self, path: str) -> bool:
+        if any(path.endswith(d) for d in self.deny):
+            with self._lock:
+                self.faults["403"] += 1
+            return True
+        return False
 
     def _count_forwarded(self, method: str) -> None:
         with self._lock:

@@ -320,3 +320,31 @@ def test_score_stage_under_faults_matches_fault_free_run(
     for key in ("inputs", "scored", "failed", "failed_by_reason"):
         assert summaries["flaky"][key] == summaries["clean"][key], key
     assert summaries["flaky"]["inputs"] == summaries["flaky"]["scored"] == n_pool
+
+
+def test_forbidden_object_is_a_failed_row_not_a_retry_loop(proxy: FaultProxy, s3_bucket: str) -> None:
+    """An object answered 403 AccessDenied (as under a bucket policy or ACL) becomes one failed row at once."""
+    import time
+
+    from mak_ray.config import DataSection
+    from mak_ray.data import plan_shards, read_shard
+    from mak_ray.data.samples import good_image_bytes
+
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "secret.png", "c.png"):
+        storage.write_bytes(f"{s3_bucket}/pool/cls/{name}", good_image_bytes(rng))
+    proxy.deny = ("/pool/cls/secret.png",)
+    shards = plan_shards(f"{s3_bucket}/pool", "auto", 10)
+    t0 = time.monotonic()
+    rows = pa.concat_tables(list(read_shard(shards[0], DataSection(image_size=16))))
+    elapsed = time.monotonic() - t0
+    errors = dict(zip(rows["id"].to_pylist(), rows["error"].to_pylist()))
+    assert errors == {
+        f"{s3_bucket}/pool/cls/a.png": None,
+        f"{s3_bucket}/pool/cls/secret.png": "read_error:access_denied",
+        f"{s3_bucket}/pool/cls/c.png": None,
+    }
+    assert proxy.faults["403"] >= 1
+    assert elapsed < 10, f"a 403 must not be retried with backoff ({elapsed:.1f} s)"
+    with pytest.raises(OSError):
+        storage.read_bytes(f"{s3_bucket}/pool/cls/secret.png")
