@@ -82,6 +82,21 @@ def test_pruning_skips_points_on_clustered_data():
     assert stats["touched"][50:].mean() < 0.2 * len(x)  # the triangle inequality prunes most points
 
 
+@pytest.mark.parametrize("with_init", [False, True])
+def test_grouped_loop_matches_full_pass_loop_over_many_picks(with_init):
+    """numpy keeps per-group member lists and maxima; torch still argmaxes all points each pick."""
+    rng = np.random.default_rng(31)
+    centers = rng.normal(size=(30, 12)) * 4
+    x = centers[rng.integers(0, 30, 3000)] + rng.normal(size=(3000, 12))
+    init = x[rng.choice(3000, 50, replace=False)] + 0.1 if with_init else None
+    stats: dict = {}
+    picks, radii = greedy_k_center(x, 400, init, metric="euclidean", stats=stats)
+    want_p, want_r = greedy_k_center(x, 400, init, metric="euclidean", backend="torch")
+    assert picks.tolist() == want_p.tolist()
+    np.testing.assert_allclose(radii, want_r, rtol=1e-9)
+    assert stats["touched"][100:].mean() < 0.2 * len(x)
+
+
 def test_small_chunks_do_not_change_picks(monkeypatch):
     rng = np.random.default_rng(9)
     x, init = rng.normal(size=(500, 6)), rng.normal(size=(600, 6))
