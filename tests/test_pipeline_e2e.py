@@ -191,6 +191,7 @@ def test_job_killed_mid_scoring_resumes_to_the_same_selection(tiny_run, tmp_path
     import subprocess
     import sys
     import tempfile
+    import time
     from pathlib import Path
 
     from tests.rayprocs import stop_cluster
@@ -215,14 +216,17 @@ def test_job_killed_mid_scoring_resumes_to_the_same_selection(tiny_run, tmp_path
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    bank = Path(cfg3.run.output_uri) / "score" / "bank.npy"
     try:
-        seen = _wait_for(lambda: markers.exists() and any(markers.iterdir()), 300, 0.05)
+        # The bank is written just before the scoring stream starts: kill the whole job tree in that stream.
+        seen = _wait_for(bank.exists, 300, 0.05)
+        time.sleep(0.5)
         n_markers = len(list(markers.iterdir())) if markers.exists() else 0
         os.killpg(proc.pid, 9)
     finally:
         proc.wait(timeout=30)
         stop_cluster(ray_tmp)
-    assert seen, "no shard finished before the time limit"
+    assert seen, "scoring never started before the time limit"
     n_shards = len(list(Path(cfg.run.output_uri, "score", "_markers").iterdir()))
     assert n_markers < n_shards, "the job finished before it was killed; nothing was interrupted"
     assert not (Path(cfg3.run.output_uri) / "score" / "_SUCCESS").exists()
