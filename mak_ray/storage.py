@@ -30,8 +30,18 @@ S3_RETRY_ATTEMPTS = 10
 APP_RETRY_ATTEMPTS = 8
 APP_RETRY_BASE_S = 0.1
 # Errors that another try cannot fix: report them at once.
-_PERMANENT = ("accessdenied", "forbidden", "httpstatus403", "nosuchkey", "nosuchbucket", "httpstatus404",
-              "resourcenotfound", "invalidaccesskeyid", "signaturedoesnotmatch", "pathdoesnotexist")
+_PERMANENT = (
+    "accessdenied",
+    "forbidden",
+    "httpstatus403",
+    "nosuchkey",
+    "nosuchbucket",
+    "httpstatus404",
+    "resourcenotfound",
+    "invalidaccesskeyid",
+    "signaturedoesnotmatch",
+    "pathdoesnotexist",
+)
 
 
 def _transient(exc: BaseException) -> bool:
