@@ -92,7 +92,7 @@ def stage_embed_target(cfg: MakConfig) -> str:
             f"the target set has {len(emb)} usable images, fewer than score.centroids={cfg.score.centroids}"
         )
     centroids = fit_centroids(emb, k=cfg.score.centroids, seed=cfg.run.seed)
-    _write_npy(storage.join(stage_dir, "centroids.npy"), centroids.astype(np.float32))
+    storage.write_npy(storage.join(stage_dir, "centroids.npy"), centroids.astype(np.float32))
     mark_done(stage_dir, {"target_images": int(len(emb))})
     return stage_dir
 
@@ -101,7 +101,7 @@ def stage_score(cfg: MakConfig) -> str:
     from mak_ray.score import score_pool
 
     stage_dir = out(cfg, "score")
-    centroids = _read_npy(out(cfg, "embed", "target", "centroids.npy"))
+    centroids = storage.read_npy(out(cfg, "embed", "target", "centroids.npy"))
     summary = score_pool(cfg, pretrained_model_uri(cfg), centroids, stage_dir)
     mark_done(stage_dir, summary)
     return stage_dir
@@ -203,24 +203,6 @@ STAGE_DIRS = {
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-
-def _write_npy(uri: str, arr) -> None:
-    import io
-
-    import numpy as np
-
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    storage.write_bytes(uri, buf.getvalue())
-
-
-def _read_npy(uri: str):
-    import io
-
-    import numpy as np
-
-    return np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False)
 
 
 def target_class_counts(cfg: MakConfig) -> dict[str, int]:

@@ -225,6 +225,21 @@ def write_json(uri: str, obj: Any) -> None:
     write_text(uri, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def write_npy(uri: str, arr) -> None:
+    """One numpy array as an .npy object (no pickles), atomically."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    write_bytes(uri, buf.getvalue())
+
+
+def read_npy(uri: str):
+    import numpy as np
+
+    return np.load(io.BytesIO(read_bytes(uri)), allow_pickle=False)
+
+
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
     """Read one Parquet file or a directory of them (recursively) into a table."""
     fs, path = filesystem(uri)

@@ -243,7 +243,7 @@ def seed_score_inputs(root: str, pool: str) -> list[str]:
 
     from mak_ray.config import load_config
     from mak_ray.models import build_model, save_model
-    from mak_ray.pipeline import _write_npy, mark_done
+    from mak_ray.pipeline import mark_done
 
     overrides = [f"data.pool={pool}", f"run.output_uri={root}", "score.num_actors=1"]
     cfg = load_config(str(REPO / "configs" / "tiny.yaml"), overrides)
@@ -254,7 +254,7 @@ def seed_score_inputs(root: str, pool: str) -> list[str]:
     centroids = (
         np.random.default_rng(0).standard_normal((cfg.score.centroids, model.feature_dim)).astype(np.float32)
     )
-    _write_npy(f"{root}/embed/target/centroids.npy", centroids)
+    storage.write_npy(f"{root}/embed/target/centroids.npy", centroids)
     mark_done(f"{root}/embed/target")
     return overrides
 

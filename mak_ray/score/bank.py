@@ -12,7 +12,6 @@ Rows that fail to decode are skipped; a few extra candidates are drawn to make u
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from dataclasses import asdict
@@ -125,7 +124,7 @@ def compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard]) -> np.ndar
 def load_or_compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard], out_uri: str) -> np.ndarray:
     uri = storage.join(out_uri, BANK_FILE)
     if storage.exists(uri):
-        bank = np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False)
+        bank = storage.read_npy(uri)
         if bank.ndim != 3 or bank.shape[0] != cfg.score.views:
             raise ValueError(
                 f"{uri} has shape {bank.shape}, not [{cfg.score.views}, M, D]: it belongs to another "
@@ -134,8 +133,6 @@ def load_or_compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard], ou
         log.info("reusing negative bank %s %s", uri, bank.shape)
         return bank
     bank = compute_bank(cfg, model_uri, shards)
-    buf = io.BytesIO()
-    np.save(buf, bank.astype(np.float32), allow_pickle=False)
-    storage.write_bytes(uri, buf.getvalue())
+    storage.write_npy(uri, bank.astype(np.float32))
     log.info("negative bank %s written to %s", bank.shape, uri)
     return bank
