@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from mak_ray import storage
@@ -18,14 +19,20 @@ log = logging.getLogger(__name__)
 
 
 def shards_holding(cfg: MakConfig, ids: Sequence[str]) -> set[str]:
-    """Pool shard ids that contain ``ids``, from the score output (no pool listing of images needed)."""
-    table = storage.read_parquet(storage.join(cfg.run.output_uri, "score"), columns=["id", "shard"])
-    table = table.filter(pc.is_in(table["id"], value_set=pc.cast(list(ids), table["id"].type)))
-    found = set(table["id"].to_pylist())
+    """Pool shard ids that contain ``ids``, streamed from the score output (never the whole pool at once)."""
+    from mak_ray.score import iter_score_columns
+
+    wanted = pa.array([str(i) for i in ids], pa.string())
+    found: set[str] = set()
+    shards: set[str] = set()
+    for batch in iter_score_columns(storage.join(cfg.run.output_uri, "score"), ["id", "shard"]):
+        hit = batch.filter(pc.is_in(batch.column("id"), value_set=wanted))
+        found.update(hit.column("id").to_pylist())
+        shards.update(hit.column("shard").to_pylist())
     missing = [i for i in ids if i not in found]
     if missing:
         raise ValueError(f"{len(missing)} selected ids are not in the score output, e.g. {missing[:3]}")
-    return set(table["shard"].to_pylist())
+    return shards
 
 
 def training_dataset(cfg: MakConfig, target_uri: str, extra_pool_ids: Sequence[str] | None = None):
