@@ -33,7 +33,7 @@ from mak_ray.data.sources import Shard
 OUTPUT_BATCH_BYTES = (
     32 * 1024 * 1024
 )  # decoded images per yielded batch, so a batch never grows with the shard
-DEFAULT_BATCH_ROWS = 256  # rows per yielded block: small blocks let an actor pool share one shard's rows
+DEFAULT_BATCH_ROWS = 256  # rows per yielded table (Ray joins a task's tables into larger blocks)
 MAX_READ_BLOCKS = 4096  # more shards than this share read tasks (sequentially), keeping driver metadata small
 
 DUPLICATE_ID = "duplicate_id"
@@ -138,8 +138,11 @@ def _read_shards(batch: dict[str, np.ndarray], data: dict, batch_rows: int | Non
 def image_dataset(shards: list[Shard], data: DataSection, batch_rows: int | None = None):
     """A lazy Ray Dataset of decoded rows over ``shards``; nothing is read until it is consumed.
 
-    ``batch_rows``: rows per output block (default 256, fewer for large images). The scorer passes its
-    batch size, so every block is one actor call and the pool's actors share even a single shard.
+    ``batch_rows``: rows per table the read yields (default 256, fewer for large images). Ray joins a read
+    task's tables into blocks of up to ``DataContext.target_max_block_size``, so a consumer that wants
+    batches of a given size must ask ``map_batches`` for them, or slice the blocks itself as the scorer
+    does. One read task per shard (``batch_size=1`` over shard descriptions); a downstream ``map_batches``
+    with a row ``batch_size`` that fuses with this read makes Ray bundle that many *shards* into one task.
     """
     import dataclasses
 

@@ -80,7 +80,7 @@ def compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard]) -> np.ndar
     sc = cfg.score
     want = int(math.ceil(sc.bank_size * 1.1)) + 16  # slack for rows that fail to decode
     cand, keep = _candidate_shards(cfg, shards, want)
-    ds = image_dataset(cand, cfg.data, batch_rows=sc.batch_size)
+    ds = image_dataset(cand, cfg.data)
     if keep is not None:
         ds = keep_rows(ds, cfg.data, ids=sorted(keep))
     params = ScorerParams(
@@ -90,11 +90,12 @@ def compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard]) -> np.ndar
         views=sc.views,
         seed=cfg.run.seed,
         use_gpu=sc.gpus_per_actor > 0,
+        batch_size=sc.batch_size,
     )
     ds = ds.map_batches(
         PoolScorer,
         fn_constructor_kwargs={"params": asdict(params)},
-        batch_size=sc.batch_size,
+        batch_size=None,  # whole blocks, sliced by the scorer (see mak_ray.score.pipeline)
         num_cpus=sc.cpus_per_actor,
         num_gpus=sc.gpus_per_actor,
         compute=ray.data.ActorPoolStrategy(min_size=sc.min_actors, max_size=sc.num_actors),

@@ -1,9 +1,17 @@
 """The resumable shard-level engine behind ``score_pool`` and ``embed_images``.
 
-Flow: plan shards -> skip shards with a marker -> read + decode (tasks) -> score (actor pool, model loaded
-once per actor) -> write (tasks: each batch's rows grouped by shard into ``shard=<sid>/part-*.parquet``)
--> the driver consumes only small per-file records, adds them up per shard and writes
-``_markers/<sid>.json`` once a shard's rows are all written.
+Flow: plan shards -> skip shards with a marker -> read + decode -> score + write (actor pool, model loaded
+once per actor; each call's rows grouped by shard into ``shard=<sid>/part-*.parquet``, see
+:mod:`mak_ray.score.parts`) -> the driver consumes only small per-file records, adds them up per shard and
+writes ``_markers/<sid>.json`` once a shard's rows are all written.
+
+Throughput on few CPUs: when the read tasks and the actors ask for the same CPU share, Ray fuses the read
+into the actors, so one actor call reads and scores one shard with no copy in between. The scorer's
+``map_batches`` therefore takes the blocks as they come (``batch_size=None``): a row batch size there would
+make Ray bundle that many *shard descriptions* into one fused task, and one actor would read and score
+every shard while the others idle. The scorer slices each block into ``score.batch_size`` rows itself.
+Writing inside the actor avoids a third kind of process on the CPUs, an object-store copy of the outputs
+and a cold write worker after the last batch.
 
 No duplicates, ever: before a run, every shard without a marker loses its partial output; part names are
 a function of the rows they hold (so a retried write task overwrites rather than adds); and shards or markers
@@ -15,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import hashlib
 import json
 import logging
 import posixpath
@@ -24,77 +31,22 @@ import time
 from dataclasses import asdict
 
 import numpy as np
-import pyarrow as pa
 
 from mak_ray import storage
 from mak_ray.config import MakConfig
 from mak_ray.data import Shard, image_dataset, plan_from_config
+from mak_ray.score.parts import shard_dir
 from mak_ray.score.scorer import PoolScorer, ScorerParams
 
 log = logging.getLogger(__name__)
 
 MARKERS = "_markers"
 SUMMARY = "summary.json"
-WRITE_BATCH_ROWS = 2048  # rows per writer call: part files stay reasonably large without holding much
-
-
-def shard_dir(out_uri: str, sid: str) -> str:
-    return storage.join(out_uri, f"shard={sid}")
+TASKS_PER_ACTOR = 2  # fused read+score tasks queued per actor: hides dispatch, keeps the tail balanced
 
 
 def marker_uri(out_uri: str, sid: str) -> str:
     return storage.join(out_uri, MARKERS, f"{sid}.json")
-
-
-# ------------------------------------------------------------------------------------------- writer
-
-
-def _table(cols: dict[str, np.ndarray], mode: str, emb_dtype: str) -> pa.Table:
-    n = len(cols["id"])
-    failed = np.array([e is not None for e in cols["error"]], dtype=bool)
-    emb = np.asarray(cols["embedding"], dtype=emb_dtype)
-    dim = emb.shape[1]
-    flat = pa.array(emb.reshape(-1), type=pa.from_numpy_dtype(np.dtype(emb_dtype)))
-    embedding = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(failed))
-    arrays = {"id": pa.array([str(i) for i in cols["id"]], pa.string())}
-    if mode == "score":
-        arrays["ecle"] = pa.array(np.asarray(cols["ecle"], np.float32), pa.float32(), mask=failed)
-        arrays["proximity"] = pa.array(np.asarray(cols["proximity"], np.float32), pa.float32(), mask=failed)
-    arrays["embedding"] = embedding
-    arrays["label"] = pa.array([None if v is None else str(v) for v in cols["label"]], pa.string())
-    arrays["error"] = pa.array([None if v is None else str(v) for v in cols["error"]], pa.string())
-    arrays["shard"] = pa.array([str(s) for s in cols["shard"]], pa.string())
-    assert all(len(a) == n for a in arrays.values())
-    return pa.table(arrays)
-
-
-def _write_parts(
-    batch: dict[str, np.ndarray], out_uri: str, mode: str, emb_dtype: str
-) -> dict[str, np.ndarray]:
-    """Write one part file per shard present in ``batch``; return one small accounting record per file."""
-    shards = np.array([str(s) for s in batch["shard"]], dtype=object)
-    rec: dict[str, list] = collections.defaultdict(list)
-    for sid in sorted(set(shards)):
-        m = np.flatnonzero(shards == sid)
-        m = m[np.argsort(batch["row"][m], kind="stable")]
-        cols = {k: v[m] for k, v in batch.items()}
-        rows = np.asarray(cols["row"], dtype=np.int64)
-        digest = hashlib.sha1(rows.tobytes()).hexdigest()[:12]
-        name = f"part-{int(rows[0]):09d}-{digest}.parquet"
-        storage.write_parquet(_table(cols, mode, emb_dtype), storage.join(shard_dir(out_uri, sid), name))
-        reasons = collections.Counter(str(e) for e in cols["error"] if e is not None)
-        rec["shard"].append(sid)
-        rec["n"].append(len(m))
-        rec["failed"].append(json.dumps(dict(reasons)))
-        rec["total"].append(int(np.max(cols["shard_rows"])))
-        rec["max_rss"].append(int(np.max(cols["max_rss"])) if "max_rss" in cols else 0)
-    return {
-        "shard": np.array(rec["shard"], dtype=object),
-        "n": np.array(rec["n"], dtype=np.int64),
-        "failed": np.array(rec["failed"], dtype=object),
-        "total": np.array(rec["total"], dtype=np.int64),
-        "max_rss": np.array(rec["max_rss"], dtype=np.int64),
-    }
 
 
 # ------------------------------------------------------------------------------------------- resume
@@ -151,12 +103,15 @@ class _Progress:
         self.total: dict[str, int] = {}
         self.finished: dict[str, dict] = {}
         self.actor_rss = 0
+        self.first_ready = float("inf")  # epoch seconds when the first actor had its model loaded
         self.start = self.last_log = time.monotonic()
 
-    def add(self, sid: str, n: int, failed: dict, total: int, rss: int) -> None:
+    def add(self, sid: str, n: int, failed: dict, total: int, rss: int, ready_at: float = 0.0) -> None:
         self.rows[sid] += n
         self.failed[sid].update(failed)
         self.actor_rss = max(self.actor_rss, rss)
+        if ready_at > 0:
+            self.first_ready = min(self.first_ready, ready_at)
         if total:
             self.total[sid] = total
         if sid in self.total and self.rows[sid] > self.total[sid]:
@@ -215,7 +170,7 @@ def _run(
 ) -> dict:
     import ray
 
-    t0 = time.monotonic()
+    t0, wall0 = time.monotonic(), time.time()
     done = _prepare(out_uri, shards)
     todo = [s for s in shards if s.shard_id not in done]
     what = f"{params.mode} {out_uri}"
@@ -228,28 +183,29 @@ def _run(
             ctor["bank"] = ray.put(np.ascontiguousarray(bank, dtype=np.float32))
         if centroids is not None:
             ctor["centroids"] = ray.put(np.ascontiguousarray(centroids, dtype=np.float32))
-        records = (
-            image_dataset(todo, cfg.data, batch_rows=sc.batch_size)
-            .map_batches(
-                PoolScorer,
-                fn_constructor_kwargs=ctor,
-                batch_size=sc.batch_size,
-                num_cpus=sc.cpus_per_actor,
-                num_gpus=sc.gpus_per_actor,
-                compute=ray.data.ActorPoolStrategy(min_size=sc.min_actors, max_size=sc.num_actors),
-            )
-            .map_batches(
-                _write_parts,
-                fn_kwargs={"out_uri": out_uri, "mode": params.mode, "emb_dtype": params.embedding_dtype},
-                batch_size=max(WRITE_BATCH_ROWS, sc.batch_size),
-                num_cpus=0.5,
-            )
+        ctor["write"] = {"out_uri": out_uri}
+        records = image_dataset(todo, cfg.data).map_batches(
+            PoolScorer,
+            fn_constructor_kwargs=ctor,
+            batch_size=None,  # whole blocks; the scorer slices them (module docstring)
+            num_cpus=sc.cpus_per_actor,
+            num_gpus=sc.gpus_per_actor,
+            compute=ray.data.ActorPoolStrategy(
+                min_size=sc.min_actors,
+                max_size=sc.num_actors,
+                max_tasks_in_flight_per_actor=TASKS_PER_ACTOR,
+            ),
         )
         for batch in records.iter_batches(batch_size=None, batch_format="numpy"):
-            for sid, n, failed, total, rss in zip(
-                batch["shard"], batch["n"], batch["failed"], batch["total"], batch["max_rss"]
+            for sid, n, failed, total, rss, ready in zip(
+                batch["shard"],
+                batch["n"],
+                batch["failed"],
+                batch["total"],
+                batch["max_rss"],
+                batch["ready_at"],
             ):
-                progress.add(str(sid), int(n), json.loads(failed), int(total), int(rss))
+                progress.add(str(sid), int(n), json.loads(failed), int(total), int(rss), float(ready))
         # The stream ended without error, so every row of every shard has been written: mark the rest
         # (shards whose last row was not seen in a record of their own, and empty shards).
         for s in todo:
@@ -261,12 +217,22 @@ def _run(
             progress.finish(s.shard_id)
         progress.log_line(time.monotonic())
     markers = list(progress.finished.values()) + _read_markers(out_uri, sorted(done))
-    return _summarise(
-        out_uri, markers, time.monotonic() - t0, sum(progress.rows.values()), progress.actor_rss
-    )
+    seconds = time.monotonic() - t0
+    startup = progress.first_ready - wall0 if np.isfinite(progress.first_ready) else None
+    return _summarise(out_uri, markers, seconds, sum(progress.rows.values()), progress.actor_rss, startup)
 
 
-def _summarise(out_uri: str, markers: list[dict], seconds: float, rows_this_run: int, actor_rss: int) -> dict:
+def _summarise(
+    out_uri: str,
+    markers: list[dict],
+    seconds: float,
+    rows_this_run: int,
+    actor_rss: int,
+    startup_seconds: float | None = None,
+) -> dict:
+    """``images_per_s`` is end to end (this run's rows over all of ``seconds``). ``startup_seconds``: from the
+    start of the run until the first scoring actor had its model loaded (worker start, imports, model load);
+    ``steady_images_per_s`` counts the rows over the rest of the run only."""
     by_reason: collections.Counter = collections.Counter()
     for m in markers:
         by_reason.update(m["failed"])
@@ -286,6 +252,12 @@ def _summarise(out_uri: str, markers: list[dict], seconds: float, rows_this_run:
         "rows_this_run": rows_this_run,
         "seconds": round(seconds, 3),
         "images_per_s": round(rows_this_run / seconds, 2) if seconds > 0 else None,
+        "startup_seconds": None if startup_seconds is None else round(startup_seconds, 3),
+        "steady_images_per_s": (
+            round(rows_this_run / (seconds - startup_seconds), 2)
+            if startup_seconds is not None and seconds > startup_seconds
+            else None
+        ),
         "driver_max_rss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
         "actor_max_rss_bytes": actor_rss,
     }
@@ -315,6 +287,7 @@ def score_pool(cfg: MakConfig, model_uri: str, centroids: np.ndarray, out_uri: s
         ecle_repeats=sc.ecle_repeats,
         use_gpu=sc.gpus_per_actor > 0,
         embedding_dtype=sc.embedding_dtype,
+        batch_size=sc.batch_size,
     )
     return _run(cfg, shards, params, out_uri, bank=bank, centroids=centroids)
 
@@ -329,5 +302,6 @@ def embed_images(input_uri: str, cfg: MakConfig, model_uri: str, out_uri: str) -
         seed=cfg.run.seed,
         use_gpu=cfg.score.gpus_per_actor > 0,
         embedding_dtype=cfg.score.embedding_dtype,
+        batch_size=cfg.score.batch_size,
     )
     return _run(cfg, shards, params, out_uri)

@@ -9,6 +9,11 @@ Modes
 Every number depends only on (model, seed, row id, image): views are seeded per id, ECLE draws its negatives
 per id, and the model runs in eval mode, so actor count and batch size do not change results.
 Failed rows (``error`` set) pass through with null scores and a NaN embedding (written as null).
+
+A call gets a whole block of decoded rows (one shard's rows, or as many as fit Ray's block size) and works
+through it ``batch_size`` rows at a time, so the model's working memory is set by ``batch_size`` while
+the calls (and, with ``write``, the part files) stay large. With ``write`` the actor writes its own output
+(see :mod:`mak_ray.score.parts`) and returns only one small accounting record per file.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +47,7 @@ class ScorerParams:
     ecle_repeats: int = 10
     use_gpu: bool = False
     embedding_dtype: str = "float16"
+    batch_size: int = 64  # rows per model pass; a call's block is worked through in slices of this many
 
 
 def _resolve(x: Any) -> Any:
@@ -57,7 +64,9 @@ def max_rss_bytes() -> int:
 class PoolScorer:
     """Loads the model once per actor; ``__call__`` maps a batch of decoded rows to output columns."""
 
-    def __init__(self, params: dict, bank: Any = None, centroids: Any = None) -> None:
+    def __init__(
+        self, params: dict, bank: Any = None, centroids: Any = None, write: dict | None = None
+    ) -> None:
         import torch
 
         from mak_ray.models import load_model
@@ -78,6 +87,10 @@ class PoolScorer:
         self.ecle_batch_size = self.p.ecle_batch_size
         if self.bank is not None and self.bank.shape[1] < self.ecle_batch_size - 1:
             self.ecle_batch_size = self.bank.shape[1] + 1  # a small pool: every bank sample is a negative
+        if write is not None and self.p.mode == "bank":
+            raise ValueError("bank mode returns its projections; it writes nothing")
+        self.write = write  # {"out_uri": ...}: write part files here and return accounting records
+        self.ready_at = time.time()
         log.info("scorer (%s) ready on %s, pid %d", self.p.mode, self.device, os.getpid())
 
     # ------------------------------------------------------------------------------------ model calls
@@ -108,7 +121,21 @@ class PoolScorer:
     # ------------------------------------------------------------------------------------ batches
 
     def __call__(self, batch: dict[str, np.ndarray]):
-        out = self._columns(batch)
+        n = len(batch["id"])
+        step = max(1, self.p.batch_size)
+        out = _concat(
+            [self._columns({k: v[s : s + step] for k, v in batch.items()}) for s in range(0, max(n, 1), step)]
+        )
+        if self.write is not None:
+            from mak_ray.score.parts import write_parts
+
+            out = write_parts(
+                out,
+                self.write["out_uri"],
+                self.p.mode,
+                self.p.embedding_dtype,
+                ready_at=self.ready_at,
+            )
         return to_arrow(out)
 
     def _columns(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -179,3 +206,14 @@ class PoolScorer:
 
     def _proj_dim(self) -> int:
         return int(self.model.head[-1].out_features)
+
+
+def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Column-wise concatenation of ``_columns`` outputs (lists become object arrays)."""
+    if len(parts) == 1:
+        return parts[0]
+    out = {}
+    for k in parts[0]:
+        vs = [p[k] if isinstance(p[k], np.ndarray) else np.array(p[k], dtype=object) for p in parts]
+        out[k] = np.concatenate(vs)
+    return out

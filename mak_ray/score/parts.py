@@ -1,0 +1,81 @@
+"""Part files of the score/embed output: one Parquet file per (scorer call, shard), written by the actor.
+
+The scoring actor writes its own output (see ``PoolScorer(write=...)``): no separate write stage, so no
+third process competing for the CPUs, no object-store copy of the embeddings, and no cold write worker at
+the end of the run. Part names are a function of the rows they hold, so a retried call overwrites rather
+than adds. Each call returns one small accounting record per file for the driver.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mak_ray import storage
+
+RECORD_COLUMNS = ("shard", "n", "failed", "total", "max_rss", "ready_at")
+
+
+def shard_dir(out_uri: str, sid: str) -> str:
+    return storage.join(out_uri, f"shard={sid}")
+
+
+def _table(cols: dict[str, np.ndarray], mode: str, emb_dtype: str) -> pa.Table:
+    n = len(cols["id"])
+    failed = np.array([e is not None for e in cols["error"]], dtype=bool)
+    emb = np.asarray(cols["embedding"], dtype=emb_dtype)
+    dim = emb.shape[1]
+    flat = pa.array(emb.reshape(-1), type=pa.from_numpy_dtype(np.dtype(emb_dtype)))
+    embedding = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(failed))
+    arrays = {"id": pa.array([str(i) for i in cols["id"]], pa.string())}
+    if mode == "score":
+        arrays["ecle"] = pa.array(np.asarray(cols["ecle"], np.float32), pa.float32(), mask=failed)
+        arrays["proximity"] = pa.array(np.asarray(cols["proximity"], np.float32), pa.float32(), mask=failed)
+    arrays["embedding"] = embedding
+    arrays["label"] = pa.array([None if v is None else str(v) for v in cols["label"]], pa.string())
+    arrays["error"] = pa.array([None if v is None else str(v) for v in cols["error"]], pa.string())
+    arrays["shard"] = pa.array([str(s) for s in cols["shard"]], pa.string())
+    assert all(len(a) == n for a in arrays.values())
+    return pa.table(arrays)
+
+
+def write_parts(
+    cols: dict[str, Any], out_uri: str, mode: str, emb_dtype: str, ready_at: float = 0.0
+) -> dict[str, np.ndarray]:
+    """Write one part file per shard present in ``cols``; return one small accounting record per file.
+
+    ``cols``: the scorer's output columns (``id``, ``shard``, ``row``, ``shard_rows``, ``label``, ``error``,
+    ``embedding``, and ``ecle``/``proximity`` in score mode). ``ready_at``: when the writing actor had its
+    model loaded (epoch seconds), passed through so the driver can report startup apart from steady work.
+    """
+    cols = {k: v if isinstance(v, np.ndarray) else np.array(v, dtype=object) for k, v in cols.items()}
+    shards = np.array([str(s) for s in cols["shard"]], dtype=object)
+    rec: dict[str, list] = collections.defaultdict(list)
+    for sid in sorted(set(shards)):
+        m = np.flatnonzero(shards == sid)
+        m = m[np.argsort(cols["row"][m], kind="stable")]
+        part = {k: v[m] for k, v in cols.items()}
+        rows = np.asarray(part["row"], dtype=np.int64)
+        digest = hashlib.sha1(rows.tobytes()).hexdigest()[:12]
+        name = f"part-{int(rows[0]):09d}-{digest}.parquet"
+        storage.write_parquet(_table(part, mode, emb_dtype), storage.join(shard_dir(out_uri, sid), name))
+        reasons = collections.Counter(str(e) for e in part["error"] if e is not None)
+        rec["shard"].append(sid)
+        rec["n"].append(len(m))
+        rec["failed"].append(json.dumps(dict(reasons)))
+        rec["total"].append(int(np.max(part["shard_rows"])))
+        rec["max_rss"].append(int(np.max(part["max_rss"])) if "max_rss" in part else 0)
+        rec["ready_at"].append(float(ready_at))
+    return {
+        "shard": np.array(rec["shard"], dtype=object),
+        "n": np.array(rec["n"], dtype=np.int64),
+        "failed": np.array(rec["failed"], dtype=object),
+        "total": np.array(rec["total"], dtype=np.int64),
+        "max_rss": np.array(rec["max_rss"], dtype=np.int64),
+        "ready_at": np.array(rec["ready_at"], dtype=np.float64),
+    }
