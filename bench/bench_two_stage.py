@@ -22,14 +22,14 @@ from bench import load1
 from bench.bench_kcenter import make_embeddings
 from mak_ray.select import greedy_k_center, two_stage_k_center
 from mak_ray.select._backend import Ops
-from mak_ray.select.kcenter import _error_margin, nearest_init, prepare_points, to_radius
+from mak_ray.select.kcenter import nearest_init, prepare_points, to_radius
 
 
 def full_radius(x: np.ndarray, centers: np.ndarray) -> float:
     """Exact cosine covering radius of ``x`` by ``centers``."""
     xn, cn = prepare_points("x", x, "cosine"), prepare_points("c", centers, "cosine")
     ops = Ops()
-    d2, _, _ = nearest_init(ops, xn, (xn * xn).sum(1), cn, _error_margin(xn, cn))
+    d2, _, _ = nearest_init(ops, xn, (xn * xn).sum(1), cn)
     return float(to_radius(d2.max(), "cosine"))
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mak_ray.select import default_per_shard_k, greedy_k_center, two_stage_k_center
+from mak_ray.select import default_per_shard_k, greedy_k_center, grouped, nearest, two_stage_k_center
 from mak_ray.select import kcenter as kc
 
 
@@ -45,16 +45,14 @@ def covering_radius(x, centers, metric) -> float:
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-@pytest.mark.parametrize("n_init,init_pass", [(0, "gemm"), (40, "gemm"), (600, "gemm"), (600, "pruned")])
+@pytest.mark.parametrize("n_init", [0, 40, 600, 2500])  # 2500 > LAZY_INIT_ABOVE: lazy init on numpy
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
-def test_greedy_matches_full_recompute(metric, n_init, init_pass, backend):
-    if backend == "torch" and init_pass == "pruned":
-        pytest.skip("the pruned init pass is shared code; numpy covers it (torch is slow per group on CPU)")
+def test_greedy_matches_full_recompute(metric, n_init, backend):
     rng = np.random.default_rng(n_init + len(metric))
     centers = rng.normal(size=(6, 5)) * 3
     x = centers[rng.integers(0, 6, 400)] + rng.normal(size=(400, 5))
     init = centers[rng.integers(0, 6, n_init)] + rng.normal(size=(n_init, 5)) if n_init else None
-    picks, radii = greedy_k_center(x, 30, init, metric=metric, backend=backend, init_pass=init_pass)
+    picks, radii = greedy_k_center(x, 30, init, metric=metric, backend=backend)
     want_p, want_r = ref_greedy(x, 30, init, metric)
     assert picks.tolist() == want_p
     np.testing.assert_allclose(radii, want_r, rtol=1e-9, atol=1e-9)
@@ -67,7 +65,7 @@ def test_greedy_float32_matches_reference_and_is_deterministic():
     stats: dict = {}
     picks, radii = greedy_k_center(x, 50, init, stats=stats)
     assert picks.tolist() == ref_greedy(x, 50, init, "cosine")[0]
-    assert np.array_equal(picks, greedy_k_center(x, 50, init, init_pass="pruned")[0])
+    assert np.array_equal(picks, greedy_k_center(x, 50, init, backend="torch")[0])
     assert np.array_equal(picks, greedy_k_center(x, 50, init)[0])
     assert len(stats["touched"]) == 50 and stats["touched"].max() <= 800
 
@@ -97,11 +95,47 @@ def test_grouped_loop_matches_full_pass_loop_over_many_picks(with_init):
     assert stats["touched"][100:].mean() < 0.2 * len(x)
 
 
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_lazy_init_joins_and_resolves_like_the_eager_init(metric, monkeypatch):
+    """Candidates far from a big init set: several joins and resolves, same picks as the eager path.
+
+    The eager torch path measures every candidate against every init point and
+    is itself checked against ``ref_greedy`` above.
+    """
+    monkeypatch.setattr(grouped, "RESOLVE_BATCH", 16)  # many small resolves
+    rng = np.random.default_rng(11)
+    centers = rng.normal(size=(20, 8)) * 3
+    x = (centers[rng.integers(0, 20, 6000)] + rng.normal(size=(6000, 8))).astype(np.float32)
+    # the init set covers half the modes
+    init = (centers[rng.integers(0, 10, 3000)] + rng.normal(size=(3000, 8))).astype(np.float32)
+    stats: dict = {}
+    picks, radii = greedy_k_center(x, 150, init, metric=metric, stats=stats)
+    want_p, want_r = greedy_k_center(x, 150, init, metric=metric, backend="torch")
+    assert picks.tolist() == want_p.tolist()
+    np.testing.assert_allclose(radii, want_r, rtol=1e-5, atol=1e-6)
+    # most candidates never met the whole init set
+    assert stats["init_dist_computed"] < 0.8 * len(x) * len(init)
+
+
+def test_angular_bound_keeps_antipodal_points_exact():
+    """On the sphere the angular threshold is up to 2x the chordal one; near-antipodal centers test its edge."""
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(2000, 4))
+    x[:1000] *= 1e-3
+    x[:1000, 0] += 1.0  # a tight cap around e0 ...
+    x[1000:1010] = -x[:10]  # ... and its antipodes
+    init = np.vstack([np.eye(4)[:1], rng.normal(size=(5, 4))])
+    picks, radii = greedy_k_center(x, 60, init, metric="cosine")
+    want_p, want_r = ref_greedy(x, 60, init, "cosine")
+    assert picks.tolist() == want_p
+    np.testing.assert_allclose(radii, want_r, atol=1e-9)
+
+
 def test_small_chunks_do_not_change_picks(monkeypatch):
     rng = np.random.default_rng(9)
     x, init = rng.normal(size=(500, 6)), rng.normal(size=(600, 6))
     want = greedy_k_center(x, 20, init)[0]
-    monkeypatch.setattr(kc, "_CHUNK_ELEMS", 1000)
+    monkeypatch.setattr(nearest, "BLOCK_ELEMS", 1000)
     assert np.array_equal(greedy_k_center(x, 20, init)[0], want)
 
 

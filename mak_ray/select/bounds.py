@@ -1,0 +1,44 @@
+"""Rounding margins and triangle-inequality thresholds shared by the K-center implementations."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ._backend import Ops
+
+
+def error_margin(x: np.ndarray, *others: np.ndarray | None) -> float:
+    """Bound on the absolute error of a computed squared distance |x|^2 + |c|^2 - 2 x.c."""
+    d = x.shape[1]
+    unit = float(np.finfo(x.dtype).eps)
+    maxsq = max(float((a * a).sum(1).max()) for a in (x, *others) if a is not None and len(a))
+    return 4.0 * (d + 4) * unit * 2.0 * maxsq + 1e-30
+
+
+def on_unit_sphere(err: float, *arrays: np.ndarray | None) -> bool:
+    """All vectors have unit norm to well within the rounding margin, so angles bound distances."""
+    return all(
+        a is None or len(a) == 0 or float(np.abs((a * a).sum(1) - 1.0).max()) <= err / 8 for a in arrays
+    )
+
+
+def move_threshold(ops: Ops, d2cs: Any, err: float, angular: bool) -> Any:
+    """Per group: the largest mind2 that provably cannot move to the new center.
+
+    ``d2cs`` is the computed squared distance from each group center c to the
+    new center s.  Chordal: |x - s| >= |c - s| - |x - c|, so x stays if
+    |x - c| <= |c - s| / 2.  On the unit sphere angles obey the same inequality
+    and give a larger threshold: x stays if angle(x, c) <= angle(c, s) / 2,
+    i.e. |x - c|^2 <= 4 sin^2(angle(c, s) / 4) (up to 2x larger for far
+    centers).  Both keep a rounding margin.
+    """
+    dcs = ops.sqrt(ops.clamp0(d2cs - err))
+    if angular:
+        half = ops.sin(ops.asin(dcs / 2.0) / 2.0)  # sin(angle / 4), angle = 2 asin(chord / 2)
+        return ops.cast_like(4.0 * half * half - 2.0 * err, dcs)
+    sqrt_2err = math.sqrt(2.0 * err)
+    half = ops.clamp0((dcs - sqrt_2err) / 2.0)
+    return ops.where(dcs > sqrt_2err, half * half - err, ops.full(1, -math.inf, ops.float_dtype(dcs)))
