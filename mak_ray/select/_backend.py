@@ -49,16 +49,6 @@ class Ops:
     def where(self, cond: Any, a: Any, b: Any) -> Any:
         return np.where(cond, a, b)
 
-    def asin(self, x: Any) -> Any:
-        """float64 arcsin (clamped to 1): angles near pi need the precision."""
-        return np.arcsin(np.minimum(np.asarray(x, dtype=np.float64), 1.0))
-
-    def cast_like(self, x: Any, like: Any) -> Any:
-        return x.astype(like.dtype, copy=False)
-
-    def sin(self, x: Any) -> Any:
-        return np.sin(x)
-
     def row_min(self, x: Any) -> tuple[Any, Any]:
         idx = x.argmin(axis=1)
         return np.take_along_axis(x, idx[:, None], axis=1)[:, 0], idx
@@ -107,15 +97,6 @@ class TorchOps(Ops):
 
     def where(self, cond: Any, a: Any, b: Any) -> Any:
         return self.torch.where(cond, a, b)
-
-    def asin(self, x: Any) -> Any:
-        return self.torch.asin(x.double().clamp(max=1.0))
-
-    def cast_like(self, x: Any, like: Any) -> Any:
-        return x.to(like.dtype)
-
-    def sin(self, x: Any) -> Any:
-        return self.torch.sin(x)
 
     def row_min(self, x: Any) -> tuple[Any, Any]:
         vals, idx = x.min(dim=1)

@@ -30,15 +30,16 @@ def move_threshold(ops: Ops, d2cs: Any, err: float, angular: bool) -> Any:
 
     ``d2cs`` is the computed squared distance from each group center c to the
     new center s.  Chordal: |x - s| >= |c - s| - |x - c|, so x stays if
-    |x - c| <= |c - s| / 2.  On the unit sphere angles obey the same inequality
-    and give a larger threshold: x stays if angle(x, c) <= angle(c, s) / 2,
-    i.e. |x - c|^2 <= 4 sin^2(angle(c, s) / 4) (up to 2x larger for far
-    centers).  Both keep a rounding margin.
+    |x - c|^2 <= |c - s|^2 / 4.  On the unit sphere angles obey the same
+    inequality and give a larger threshold: x stays if angle(x, c) <=
+    angle(c, s) / 2, i.e. |x - c|^2 <= 4 sin^2(angle(c, s) / 4), which is
+    ``d / (2 + sqrt(4 - d))`` for d = |c - s|^2 (no cancellation; up to 2x the
+    chordal threshold for far centers).  Both keep a rounding margin.
     """
-    dcs = ops.sqrt(ops.clamp0(d2cs - err))
+    d2 = ops.clamp0(d2cs - err)
     if angular:
-        half = ops.sin(ops.asin(dcs / 2.0) / 2.0)  # sin(angle / 4), angle = 2 asin(chord / 2)
-        return ops.cast_like(4.0 * half * half - 2.0 * err, dcs)
+        return d2 / (2.0 + ops.sqrt(ops.clamp0(4.0 - d2))) - 2.0 * err
+    dcs = ops.sqrt(d2)
     sqrt_2err = math.sqrt(2.0 * err)
     half = ops.clamp0((dcs - sqrt_2err) / 2.0)
     return ops.where(dcs > sqrt_2err, half * half - err, ops.full(1, -math.inf, ops.float_dtype(dcs)))

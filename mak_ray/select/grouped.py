@@ -223,9 +223,9 @@ class GroupedGreedy:
     def _make_cells(self, sub: np.ndarray) -> None:
         """Cells of the init set around the subset points, with radii, for pruned resolves."""
         d2, cell = nearest_numpy(self.init, self.sqi, self.init[sub], self.sqi[sub])
-        self.cell = cell
-        self.cell_members = np.argsort(cell, kind="stable")
-        self.cell_bounds = np.searchsorted(cell[self.cell_members], np.arange(len(sub) + 1))
+        members = np.argsort(cell, kind="stable")  # init points stored cell after cell
+        self.cell_init, self.cell_sqi, self.cell_index = self.init[members], self.sqi[members], members
+        self.cell_bounds = np.searchsorted(cell[members], np.arange(len(sub) + 1))
         self.cell_radius = np.zeros(len(sub))
         np.maximum.at(self.cell_radius, cell, self._metric(d2 + self.err))  # upper bounds
 
@@ -267,26 +267,34 @@ class GroupedGreedy:
         d2s = sqdist(self.x[pend], self.sqx[pend], self.init[sub], self.sqi[sub])
         own = self._metric(self.mind2[pend] + 2.0 * err)
         need = self._metric(d2s - err) - self.cell_radius[None, :] < own[:, None]
-        order = np.argsort(d2s.argmin(axis=1), kind="stable")
-        pend, need = pend[order], need[order]
+        # rows that need most cells: one GEMM against the whole init set; the others in
+        # small GEMMs of rows that share their nearest subset point (and so their cells)
+        wide = 2 * need.sum(axis=1) > len(sub)
+        order = np.lexsort((d2s.argmin(axis=1), ~wide))
+        pend, need, wide = pend[order], need[order], wide[order]
         best = self.mind2[pend].copy()
         arg = np.full(len(pend), -1, dtype=np.int64)
-        for a in range(0, len(pend), RESOLVE_ROWS):
+        n_wide = int(wide.sum())
+        if n_wide:
+            w, j = nearest_numpy(self.x[pend[:n_wide]], self.sqx[pend[:n_wide]], self.init, self.sqi)
+            self.init_computed += n_wide * len(self.init)
+            better = w < best[:n_wide]
+            best[:n_wide][better], arg[:n_wide][better] = w[better], j[better]
+        for a in range(n_wide, len(pend), RESOLVE_ROWS):
             rows, nd = pend[a : a + RESOLVE_ROWS], need[a : a + RESOLVE_ROWS]
             cells = np.flatnonzero(nd.any(axis=0))
             if len(cells) == 0:
                 continue
-            cols = np.concatenate(
-                [self.cell_members[self.cell_bounds[c] : self.cell_bounds[c + 1]] for c in cells]
-            )
-            d2 = sqdist(self.x[rows], self.sqx[rows], self.init[cols], self.sqi[cols])
+            # every computed distance is real, so a row may also meet the other rows' cells
+            starts, lens = self.cell_bounds[cells], np.diff(self.cell_bounds)[cells]
+            cols = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(lens.sum())
+            d2 = sqdist(self.x[rows], self.sqx[rows], self.cell_init[cols], self.cell_sqi[cols])
             self.init_computed += d2.size
-            d2[~nd[:, self.cell[cols]]] = np.inf
             j = d2.argmin(axis=1)
             w = d2[np.arange(len(rows)), j]
             better = w < best[a : a + RESOLVE_ROWS]
             best[a : a + RESOLVE_ROWS][better] = w[better]
-            arg[a : a + RESOLVE_ROWS][better] = cols[j[better]]
+            arg[a : a + RESOLVE_ROWS][better] = self.cell_index[cols[j[better]]]
         closer = arg >= 0
         if not closer.any():
             return
