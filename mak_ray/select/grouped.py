@@ -92,6 +92,8 @@ class Groups:
         self.members: list[np.ndarray] = list(np.split(members, np.cumsum(lens)[:-1])) if n_groups else []
         self.gmax = np.full(capacity, -np.inf, dtype=mind2.dtype)
         self.gidx = np.full(capacity, _BIG, dtype=np.int64)
+        self.glen = np.zeros(capacity, dtype=np.int64)  # len(members[g]), kept in step
+        self.glen[:n_groups] = lens
         self.gmax[:n_groups], self.gidx[:n_groups] = segment_max(mind2[members], key[members], lens)
         self.mark = np.zeros(len(mind2), dtype=bool)
 
@@ -114,6 +116,7 @@ class Groups:
         nm, ni = segment_max(d2[order], self.key[pts], ends - starts)
         for gid, a, b in zip(uniq.tolist(), starts.tolist(), ends.tolist()):
             self.members[gid] = np.concatenate([self.members[gid], pts[a:b]])
+        self.glen[uniq] += ends - starts
         old, oi = self.gmax[uniq], self.gidx[uniq]
         self.gmax[uniq] = np.maximum(old, nm)
         self.gidx[uniq] = np.where(nm > old, ni, np.where(nm == old, np.minimum(oi, ni), oi))
@@ -121,15 +124,15 @@ class Groups:
     def remove(self, pts: np.ndarray, gids: np.ndarray, mind2: np.ndarray) -> None:
         """Take points ``pts`` out of their groups ``gids``; those groups get a new list and maximum."""
         ug = np.unique(gids)
-        lists = [self.members[g] for g in ug.tolist()]
-        lens = np.fromiter((len(m) for m in lists), dtype=np.int64, count=len(lists))
-        idx = np.concatenate(lists)
+        lens = self.glen[ug]
+        idx = np.concatenate([self.members[g] for g in ug.tolist()])
         self.mark[pts] = True
         keep = ~self.mark[idx]
         self.mark[pts] = False
         new_lens = np.add.reduceat(keep.astype(np.int64), np.cumsum(lens) - lens)  # every list held a point
         sub = idx[keep]
         self.gmax[ug], self.gidx[ug] = segment_max(mind2[sub], self.key[sub], new_lens)
+        self.glen[ug] = new_lens
         ends = np.cumsum(new_lens)
         for g, a, b in zip(ug.tolist(), (ends - new_lens).tolist(), ends.tolist()):
             self.members[g] = sub[a:b].copy()
@@ -338,7 +341,7 @@ class GroupedGreedy:
             touched_all.append(self.n)
             i0 = 1
         self.groups = grp = Groups(assign, mind2, self.n_groups, len(self.centers), orig)
-        members, gmax, gidx = grp.members, grp.gmax, grp.gidx
+        members, gmax, gidx, glen = grp.members, grp.gmax, grp.gidx, grp.glen
         nxt, v = self._settle(*grp.farthest(self.n_groups), pick_groups[:i0])
         if i0:
             radii2[0] = max(v, 0.0)
@@ -350,6 +353,7 @@ class GroupedGreedy:
             xs, sqs = x[s], sqx[s]
             a = int(assign[s])
             members[a] = members[a][members[a] != s]
+            glen[a] -= 1
             gmax[a] = np.inf  # force a rebuild of s's old group
             mind2[s] = -1.0
             assign[s] = g
@@ -357,9 +361,10 @@ class GroupedGreedy:
                 _NP, self.sqc[:g] + sqs - 2.0 * (self.centers[:g] @ xs), err, self.angular
             )
             cg = np.flatnonzero(gmax[:g] > thresh)
-            lists = [members[j] for j in cg.tolist()]
-            lens = np.fromiter((len(m) for m in lists), dtype=np.int64, count=len(lists))
-            idx = np.concatenate(lists) if lists else np.empty(0, dtype=np.int64)
+            lens = glen[cg]
+            idx = (
+                np.concatenate([members[j] for j in cg.tolist()]) if len(cg) else np.empty(0, dtype=np.int64)
+            )
             test = np.flatnonzero(mind2[idx] > np.repeat(thresh[cg], lens))
             cand = idx[test]
             touched = len(cand)
@@ -385,12 +390,14 @@ class GroupedGreedy:
             new_lens = (lens - lost)[ch]
             chg = cg[ch]
             gmax[chg], gidx[chg] = segment_max(mind2[sub], orig[sub], new_lens)
+            glen[chg] = new_lens
             start = 0
             for j, end in zip(chg.tolist(), np.cumsum(new_lens).tolist()):
                 members[j] = sub[start:end].copy()
                 start = end
             moved = np.sort(moved)
             members.append(moved)
+            glen[g] = len(moved)
             (gmax[g],), (gidx[g],) = segment_max(mind2[moved], orig[moved], np.array([len(moved)]))
             self.centers[g], self.sqc[g] = xs, sqs
             self.n_groups = g + 1
