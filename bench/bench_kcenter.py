@@ -156,9 +156,18 @@ def main() -> None:
     )
     print(f"  picks equal the plain greedy at N={n:,}, init={m:,}, k={k:,}: {same}")
     if not same:
+        # a float32 near-tie decided differently by the two formulas, or a real error? ask float64
         first = int(np.argmax(ref != picks))
-        print(f"    first difference at pick {first}")
-        raise SystemExit(1)
+        x64 = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+        chosen = np.vstack([init / np.linalg.norm(init, axis=1, keepdims=True), x64[ref[:first]]])
+        gap = [1.0 - float((x64[p] @ chosen.T).max()) for p in (ref[first], picks[first])]
+        print(
+            f"    first difference at pick {first}: float64 cosine distances plain {gap[0]:.10f}, "
+            f"pruned {gap[1]:.10f} (difference {abs(gap[0] - gap[1]):.1e})"
+        )
+        if abs(gap[0] - gap[1]) > 1e-6:  # beyond float32 rounding of a distance: a real error
+            raise SystemExit(1)
+        print("    a rounding tie (below float32 resolution), not an error")
 
 
 if __name__ == "__main__":
