@@ -22,7 +22,8 @@ from bench import load1
 from bench.bench_kcenter import make_embeddings
 from mak_ray.select import greedy_k_center, two_stage_k_center
 from mak_ray.select._backend import Ops
-from mak_ray.select.kcenter import nearest_init, prepare_points, to_radius
+from mak_ray.select.kcenter import prepare_points, to_radius
+from mak_ray.select.nearest import nearest_init
 
 
 def full_radius(x: np.ndarray, centers: np.ndarray) -> float:

@@ -25,6 +25,12 @@ def on_unit_sphere(err: float, *arrays: np.ndarray | None) -> bool:
     )
 
 
+def metric_distance(d2: np.ndarray, angular: bool) -> np.ndarray:
+    """Squared distance -> a distance obeying the triangle inequality (the angle, on the unit sphere), float64."""
+    d = np.sqrt(np.maximum(np.asarray(d2, dtype=np.float64), 0.0))
+    return 2.0 * np.arcsin(np.minimum(d / 2.0, 1.0)) if angular else d
+
+
 def move_threshold(ops: Ops, d2cs: Any, err: float, angular: bool) -> Any:
     """Per group: the largest mind2 that provably cannot move to the new center.
 

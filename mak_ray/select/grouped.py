@@ -38,13 +38,14 @@ import math
 import numpy as np
 
 from ._backend import Ops
-from .bounds import move_threshold
+from .bounds import metric_distance, move_threshold
 from .nearest import nearest_init, nearest_numpy, sqdist
 
 log = logging.getLogger(__name__)
 
 INIT_SUBSET = 512  # init points every candidate is measured against up front
 LAZY_INIT_ABOVE = 4 * INIT_SUBSET  # smaller init sets are measured in full at once
+JOIN_FIRST, JOIN_BATCH = 8, 16  # N / these many candidates join first, then per join (at least 1,024)
 RESOLVE_BATCH = 512  # pending points measured against the init set together
 RESOLVE_ROWS = 64  # rows per GEMM in a resolve (rows sorted by nearest subset point share cells)
 GATHER_FRACTION = 10  # above n / this many touched points, one streamed pass beats a gather
@@ -183,7 +184,7 @@ class GroupedGreedy:
             self.mind2 = np.full(n, _WAITING, dtype=x.dtype)
             self.assign = np.full(n, -1, dtype=np.int64)
             self.pending = np.zeros(n, dtype=bool)
-            self._join(max(1024, n // 8), np.empty(0, dtype=np.int64))
+            self._join(max(1024, n // JOIN_FIRST), np.empty(0, dtype=np.int64))
             return
         if init_state is None and lazy_init:
             mind2, nearest = nearest_numpy(x, self.sqx, init, self.sqi)
@@ -218,11 +219,6 @@ class GroupedGreedy:
         self.sqc[gids] = self.sqi[init_idx]
         self.n_groups += len(init_idx)
 
-    def _metric(self, d2: np.ndarray) -> np.ndarray:
-        """Squared distance -> a distance obeying the triangle inequality (the angle on the sphere)."""
-        d = np.sqrt(np.maximum(np.asarray(d2, dtype=np.float64), 0.0))
-        return 2.0 * np.arcsin(np.minimum(d / 2.0, 1.0)) if self.angular else d
-
     def _make_cells(self, sub: np.ndarray) -> None:
         """Cells of the init set around the subset points, with radii, for pruned resolves."""
         d2, cell = nearest_numpy(self.init, self.sqi, self.init[sub], self.sqi[sub])
@@ -230,7 +226,7 @@ class GroupedGreedy:
         self.cell_init, self.cell_sqi, self.cell_index = self.init[members], self.sqi[members], members
         self.cell_bounds = np.searchsorted(cell[members], np.arange(len(sub) + 1))
         self.cell_radius = np.zeros(len(sub))
-        np.maximum.at(self.cell_radius, cell, self._metric(d2 + self.err))  # upper bounds
+        np.maximum.at(self.cell_radius, cell, metric_distance(d2 + self.err, self.angular))  # upper bounds
 
     @property
     def tau(self) -> float:
@@ -268,8 +264,8 @@ class GroupedGreedy:
         self.pending[pend] = False
         sub, err = self.sub, self.err
         d2s = sqdist(self.x[pend], self.sqx[pend], self.init[sub], self.sqi[sub])
-        own = self._metric(self.mind2[pend] + 2.0 * err)
-        need = self._metric(d2s - err) - self.cell_radius[None, :] < own[:, None]
+        own = metric_distance(self.mind2[pend] + 2.0 * err, self.angular)
+        need = metric_distance(d2s - err, self.angular) - self.cell_radius[None, :] < own[:, None]
         # rows that need most cells: one GEMM against the whole init set; the others in
         # small GEMMs of rows that share their nearest subset point (and so their cells)
         wide = 2 * need.sum(axis=1) > len(sub)
@@ -314,7 +310,7 @@ class GroupedGreedy:
         assert self.groups is not None
         while self.pending is not None:
             if v <= self.tau + 2.0 * self.err:  # a waiting point's exact distance may round 2 err above ub
-                self._join(max(1024, self.n // 16), pick_groups)
+                self._join(max(1024, self.n // JOIN_BATCH), pick_groups)
             elif nxt >= 0 and self.pending[self.inv[nxt]]:
                 self._resolve(self.inv[nxt])
             else:

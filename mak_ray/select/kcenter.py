@@ -38,15 +38,6 @@ from .grouped import GroupedGreedy
 from .nearest import nearest_init
 from .validate import as_float_array, check_k, check_metric, check_nonzero_rows, check_same_dim
 
-__all__ = [
-    "greedy_k_center",
-    "greedy_with_init_state",
-    "nearest_init",
-    "prepare_points",
-    "replay_excess",
-    "to_radius",
-]
-
 log = logging.getLogger(__name__)
 
 
