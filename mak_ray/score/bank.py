@@ -73,9 +73,7 @@ def _candidate_shards(cfg: MakConfig, shards: list[Shard], want: int) -> tuple[l
 
 def compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard]) -> np.ndarray:
     """``[R, M, D]`` float32 unit projections, M = min(bank_size, usable sampled rows)."""
-    import ray
-
-    from mak_ray.score.scorer import PoolScorer, ScorerParams
+    from mak_ray.score.scorer import ScorerParams, map_scorer
 
     sc = cfg.score
     want = int(math.ceil(sc.bank_size * 1.1)) + 16  # slack for rows that fail to decode
@@ -83,23 +81,7 @@ def compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard]) -> np.ndar
     ds = image_dataset(cand, cfg.data)
     if keep is not None:
         ds = keep_rows(ds, cfg.data, ids=sorted(keep))
-    params = ScorerParams(
-        model_uri=model_uri,
-        mode="bank",
-        image_size=cfg.data.image_size,
-        views=sc.views,
-        seed=cfg.run.seed,
-        use_gpu=sc.gpus_per_actor > 0,
-        batch_size=sc.batch_size,
-    )
-    ds = ds.map_batches(
-        PoolScorer,
-        fn_constructor_kwargs={"params": asdict(params)},
-        batch_size=None,  # whole blocks, sliced by the scorer (see mak_ray.score.pipeline)
-        num_cpus=sc.cpus_per_actor,
-        num_gpus=sc.gpus_per_actor,
-        compute=ray.data.ActorPoolStrategy(min_size=sc.min_actors, max_size=sc.num_actors),
-    )
+    ds = map_scorer(ds, cfg, {"params": asdict(ScorerParams.from_config(cfg, model_uri, "bank"))})
     ids: list[str] = []
     views: list[np.ndarray] = []
     for batch in ds.iter_batches(batch_size=1024, batch_format="numpy"):

@@ -36,13 +36,12 @@ from mak_ray import storage
 from mak_ray.config import MakConfig
 from mak_ray.data import Shard, image_dataset, plan_from_config
 from mak_ray.score.parts import shard_dir
-from mak_ray.score.scorer import PoolScorer, ScorerParams
+from mak_ray.score.scorer import ScorerParams, map_scorer
 
 log = logging.getLogger(__name__)
 
 MARKERS = "_markers"
 SUMMARY = "summary.json"
-TASKS_PER_ACTOR = 2  # shards queued per actor: 1 leaves ~0.15 s idle per shard waiting for dispatch
 
 
 def marker_uri(out_uri: str, sid: str) -> str:
@@ -177,25 +176,13 @@ def _run(
     log.info("%s: %d shards, %d finished earlier, %d to do", what, len(shards), len(done), len(todo))
     progress = _Progress(out_uri, todo, cfg.score.log_every_s, what)
     if todo:
-        sc = cfg.score
         ctor = {"params": asdict(params)}
         if bank is not None:
             ctor["bank"] = ray.put(np.ascontiguousarray(bank, dtype=np.float32))
         if centroids is not None:
             ctor["centroids"] = ray.put(np.ascontiguousarray(centroids, dtype=np.float32))
         ctor["write"] = {"out_uri": out_uri}
-        records = image_dataset(todo, cfg.data).map_batches(
-            PoolScorer,
-            fn_constructor_kwargs=ctor,
-            batch_size=None,  # whole blocks; the scorer slices them (module docstring)
-            num_cpus=sc.cpus_per_actor,
-            num_gpus=sc.gpus_per_actor,
-            compute=ray.data.ActorPoolStrategy(
-                min_size=sc.min_actors,
-                max_size=sc.num_actors,
-                max_tasks_in_flight_per_actor=TASKS_PER_ACTOR,
-            ),
-        )
+        records = map_scorer(image_dataset(todo, cfg.data), cfg, ctor)
         for batch in records.iter_batches(batch_size=None, batch_format="numpy"):
             for sid, n, failed, total, rss, ready in zip(
                 batch["shard"],
@@ -275,33 +262,11 @@ def score_pool(cfg: MakConfig, model_uri: str, centroids: np.ndarray, out_uri: s
 
     shards = plan_from_config(cfg.data.pool, cfg.data)
     bank = load_or_compute_bank(cfg, model_uri, shards, out_uri)
-    sc = cfg.score
-    params = ScorerParams(
-        model_uri=model_uri,
-        mode="score",
-        image_size=cfg.data.image_size,
-        views=sc.views,
-        seed=cfg.run.seed,
-        temperature=sc.temperature,
-        ecle_batch_size=sc.ecle_batch_size,
-        ecle_repeats=sc.ecle_repeats,
-        use_gpu=sc.gpus_per_actor > 0,
-        embedding_dtype=sc.embedding_dtype,
-        batch_size=sc.batch_size,
-    )
+    params = ScorerParams.from_config(cfg, model_uri, "score")
     return _run(cfg, shards, params, out_uri, bank=bank, centroids=centroids)
 
 
 def embed_images(input_uri: str, cfg: MakConfig, model_uri: str, out_uri: str) -> dict:
     """Clean-view backbone embeddings of every image under ``input_uri`` into ``out_uri``; resumable."""
     shards = plan_from_config(input_uri, cfg.data)
-    params = ScorerParams(
-        model_uri=model_uri,
-        mode="embed",
-        image_size=cfg.data.image_size,
-        seed=cfg.run.seed,
-        use_gpu=cfg.score.gpus_per_actor > 0,
-        embedding_dtype=cfg.score.embedding_dtype,
-        batch_size=cfg.score.batch_size,
-    )
-    return _run(cfg, shards, params, out_uri)
+    return _run(cfg, shards, ScorerParams.from_config(cfg, model_uri, "embed"), out_uri)

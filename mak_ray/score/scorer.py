@@ -23,7 +23,7 @@ import os
 import resource
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,7 +32,11 @@ from mak_ray.data.dataset import to_arrow
 
 log = logging.getLogger(__name__)
 
+if TYPE_CHECKING:
+    from mak_ray.config import MakConfig
+
 FORWARD_CHUNK = 256  # images per model call: bounds activation memory whatever R * batch_size is
+TASKS_PER_ACTOR = 2  # shards queued per actor: 1 leaves ~0.15 s idle per shard waiting for dispatch
 
 
 @dataclass
@@ -48,6 +52,45 @@ class ScorerParams:
     use_gpu: bool = False
     embedding_dtype: str = "float16"
     batch_size: int = 64  # rows per model pass; a call's block is worked through in slices of this many
+
+    @classmethod
+    def from_config(cls, cfg: MakConfig, model_uri: str, mode: str) -> ScorerParams:
+        """The one mapping from the config to the scorer (a mode ignores the fields it does not use)."""
+        sc = cfg.score
+        return cls(
+            model_uri=model_uri,
+            mode=mode,
+            image_size=cfg.data.image_size,
+            views=sc.views,
+            seed=cfg.run.seed,
+            temperature=sc.temperature,
+            ecle_batch_size=sc.ecle_batch_size,
+            ecle_repeats=sc.ecle_repeats,
+            use_gpu=sc.gpus_per_actor > 0,
+            embedding_dtype=sc.embedding_dtype,
+            batch_size=sc.batch_size,
+        )
+
+
+def map_scorer(ds: Any, cfg: MakConfig, ctor: dict[str, Any]) -> Any:
+    """``ds`` through an autoscaling pool of ``PoolScorer`` actors, as the bank and the scoring engine run it.
+
+    Blocks come whole (``batch_size=None``) and the scorer slices them: a row batch size here would make
+    Ray bundle that many fused read tasks into one call (see :mod:`mak_ray.score.pipeline`).
+    """
+    import ray
+
+    sc = cfg.score
+    return ds.map_batches(
+        PoolScorer,
+        fn_constructor_kwargs=ctor,
+        batch_size=None,
+        num_cpus=sc.cpus_per_actor,
+        num_gpus=sc.gpus_per_actor,
+        compute=ray.data.ActorPoolStrategy(
+            min_size=sc.min_actors, max_size=sc.num_actors, max_tasks_in_flight_per_actor=TASKS_PER_ACTOR
+        ),
+    )
 
 
 def _resolve(x: Any) -> Any:
