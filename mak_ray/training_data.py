@@ -18,21 +18,25 @@ from mak_ray.config import MakConfig
 log = logging.getLogger(__name__)
 
 
-def shards_holding(cfg: MakConfig, ids: Sequence[str]) -> set[str]:
-    """Pool shard ids that contain ``ids``, streamed from the score output (never the whole pool at once)."""
+def shards_holding(cfg: MakConfig, ids: Sequence[str]) -> dict[str, str]:
+    """``{id: pool shard id}`` of the usable (scored) row of each of ``ids``, streamed from the score output
+    (never the whole pool at once). An id held by several Parquet shards has one usable row (the others
+    failed as ``duplicate_id``), so this names the copy that was scored."""
     from mak_ray.score import iter_score_columns
 
     wanted = pa.array([str(i) for i in ids], pa.string())
-    found: set[str] = set()
-    shards: set[str] = set()
-    for batch in iter_score_columns(storage.join(cfg.run.output_uri, "score"), ["id", "shard"]):
-        hit = batch.filter(pc.is_in(batch.column("id"), value_set=wanted))
-        found.update(hit.column("id").to_pylist())
-        shards.update(hit.column("shard").to_pylist())
-    missing = [i for i in ids if i not in found]
+    where: dict[str, str] = {}
+    for batch in iter_score_columns(storage.join(cfg.run.output_uri, "score"), ["id", "shard", "error"]):
+        hit = batch.filter(
+            pc.and_(pc.is_in(batch.column("id"), value_set=wanted), pc.is_null(batch["error"]))
+        )
+        where.update(zip(hit.column("id").to_pylist(), hit.column("shard").to_pylist()))
+    missing = [i for i in ids if i not in where]
     if missing:
-        raise ValueError(f"{len(missing)} selected ids are not in the score output, e.g. {missing[:3]}")
-    return shards
+        raise ValueError(
+            f"{len(missing)} selected ids have no scored row in the score output, e.g. {missing[:3]}"
+        )
+    return where
 
 
 def training_dataset(cfg: MakConfig, target_uri: str, extra_pool_ids: Sequence[str] | None = None):
@@ -41,9 +45,10 @@ def training_dataset(cfg: MakConfig, target_uri: str, extra_pool_ids: Sequence[s
 
     ds = image_dataset(plan_from_config(target_uri, cfg.data), cfg.data)
     if extra_pool_ids:
-        wanted = shards_holding(cfg, extra_pool_ids)
+        where = shards_holding(cfg, extra_pool_ids)
+        wanted = set(where.values())
         pool_shards = [s for s in plan_from_config(cfg.data.pool, cfg.data) if s.shard_id in wanted]
-        extra = keep_rows(image_dataset(pool_shards, cfg.data), cfg.data, ids=list(extra_pool_ids))
+        extra = keep_rows(image_dataset(pool_shards, cfg.data), cfg.data, at=where)
         ds = ds.union(extra)
         log.info(
             "training set: target plus %d selected pool images from %d shards",

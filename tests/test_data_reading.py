@@ -148,3 +148,28 @@ def test_mixed_tar_and_parquet_is_refused(tmp_path):
         plan_shards(str(tmp_path))
     with pytest.raises(FileNotFoundError):
         plan_shards(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("files_per_bucket", [8, 2])
+def test_cross_shard_owners_match_a_direct_count(ray_session, tmp_path, monkeypatch, files_per_bucket):
+    """The hash shuffle finds exactly the ids held by more than one Parquet file, each with its first holder
+    (one reducer, and several); unreadable files and missing ids are skipped."""
+    from mak_ray.data import duplicates
+
+    monkeypatch.setattr(duplicates, "FILES_PER_BUCKET", files_per_bucket)
+    rng = np.random.default_rng(4)
+    files = [[f"id{v}" for v in rng.integers(0, 300, size=60)] for _ in range(7)]
+    files[3][0] = None  # a missing id is not an id
+    for k, ids in enumerate(files):
+        pq.write_table(pa.table({"id": ids, "image": [b"x"] * len(ids)}), tmp_path / f"p{k}.parquet")
+    (tmp_path / "p7.parquet").write_bytes(b"PAR1 but not really")
+    data = DataSection(format="parquet")
+    shards = plan_shards(str(tmp_path), "parquet")
+    owners = duplicates.cross_shard_owners(shards, data)
+    holders: dict[str, list[int]] = {}
+    for k, ids in enumerate(files):
+        for i in set(ids) - {None}:
+            holders.setdefault(i, []).append(k)
+    want = {duplicates.id_digest(i): shards[min(ks)].shard_id for i, ks in holders.items() if len(ks) > 1}
+    assert owners == want and len(want) > 50
+    assert duplicates.cross_shard_owners(shards[:1], data) == {}  # one shard: nothing to check

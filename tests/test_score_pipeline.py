@@ -262,3 +262,46 @@ def test_tar_and_parquet_pools(ray_session, model_uri, centroids, tmp_path):
     ref = table(out).filter(pc.is_null(table(out)["error"]))
     ref_emb = np.stack([np.asarray(x, np.float32) for x in ref["embedding"].to_pylist()])
     assert np.array_equal(emb, ref_emb)  # same clean embedding in both modes
+
+
+def _write_parquet_pool(root, files: list[list[str]], rng) -> None:
+    """One Parquet file per list of ids, each row a distinct good image."""
+    root.mkdir()
+    for k, ids in enumerate(files):
+        images = [good_image_bytes(rng) for _ in ids]
+        pq.write_table(pa.table({"id": ids, "image": images}), root / f"part{k}.parquet")
+
+
+def test_parquet_ids_repeated_across_files_are_scored_once(ray_session, model_uri, centroids, tmp_path):
+    """The first file (shard) holding an id keeps it; its rows in later files fail as duplicate_id, on
+    every run, and the usable rows, embeddings and retraining rows hold each id once."""
+    from mak_ray.data import image_dataset, keep_rows, plan_from_config
+
+    files = [["a", "b", "c", "b"], ["c", "d", "a", "e"], ["f", "a", "d", "g"]]
+    _write_parquet_pool(tmp_path / "pq", files, np.random.default_rng(2))
+    out = str(tmp_path / "out")
+    cfg = make_cfg(str(tmp_path / "pq"), out)
+    summary = score_pool(cfg, model_uri, centroids, out)
+    # within file 0: the second "b"; across files: "c", "a" in file 1, "a", "d" in file 2
+    check_accounting(summary, table(out), 12, collections.Counter({"duplicate_id": 5}))
+    shards = plan_from_config(str(tmp_path / "pq"), cfg.data)
+    ok = table(out).filter(pc.is_null(table(out)["error"]))
+    keeper = dict(zip(ok["id"].to_pylist(), ok["shard"].to_pylist()))
+    assert sorted(ok["id"].to_pylist()) == list("abcdefg")  # each id once
+    first = {}
+    for s, ids in zip(shards, files):
+        for i in ids:
+            first.setdefault(i, s.shard_id)
+    assert keeper == first
+    assert load_embeddings(out, list("abcdefg")).shape == (7, 64)
+
+    # a rerun of the unfinished shard fails the same rows (the owner map spans all planned shards)
+    storage.delete(f"{out}/_markers/{shards[2].shard_id}.json")
+    again = score_pool(cfg, model_uri, centroids, out)
+    assert again["rows_this_run"] == 4
+    check_accounting(again, table(out), 12, collections.Counter({"duplicate_id": 5}))
+
+    # retraining reads each selected id from the shard whose row was scored, even without the owner map
+    rows = keep_rows(image_dataset(shards, cfg.data), cfg.data, at={"a": first["a"], "d": first["d"]})
+    got = rows.to_pandas()
+    assert sorted(zip(got["id"], got["shard"])) == [("a", first["a"]), ("d", first["d"])]

@@ -12,7 +12,8 @@ the last row carries it; consumers learn a shard is complete when the rows they 
 
 Ids are de-duplicated within a shard: the second and later rows with an id already seen in that shard are
 failed rows with ``error = "duplicate_id"`` (their bytes are not decoded). Across shards, ids made from
-URIs cannot collide; Parquet ids from different files are not checked against each other.
+URIs cannot collide; for Parquet ids, ``owners`` (from :func:`mak_ray.data.duplicates.cross_shard_owners`)
+names the shard that keeps each id held by several, and rows of that id in any other shard fail the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pyarrow.compute as pc
 
 from mak_ray.config import DataSection
 from mak_ray.data.decode import decode_image
+from mak_ray.data.duplicates import id_digest
 from mak_ray.data.readers import Record, iter_records
 from mak_ray.data.sources import Shard
 
@@ -73,8 +75,13 @@ def to_arrow(cols: dict[str, Any]) -> pa.Table:
     return pa.table(arrays)
 
 
-def read_shard(shard: Shard, data: DataSection, batch_rows: int | None = None) -> Iterator[pa.Table]:
-    """Decoded batches of one shard (see the module docstring for the columns)."""
+def read_shard(
+    shard: Shard,
+    data: DataSection,
+    batch_rows: int | None = None,
+    owners: dict[bytes, str] | None = None,
+) -> Iterator[pa.Table]:
+    """Decoded batches of one shard (see the module docstring for the columns and ``owners``)."""
     size = data.image_size
     if batch_rows is None:
         batch_rows = DEFAULT_BATCH_ROWS
@@ -108,10 +115,13 @@ def read_shard(shard: Shard, data: DataSection, batch_rows: int | None = None) -
         images[:] = 0
         return out
 
+    foreign = owners if owners and shard.kind == "parquet" else None
     for rec, last in _with_last(iter_records(shard, data)):
         i = len(ids)
         err = rec.error
         if rec.id in seen:
+            err = DUPLICATE_ID
+        elif foreign is not None and foreign.get(id_digest(rec.id), shard.shard_id) != shard.shard_id:
             err = DUPLICATE_ID
         seen.add(rec.id)
         if err is None:
@@ -129,13 +139,20 @@ def read_shard(shard: Shard, data: DataSection, batch_rows: int | None = None) -
             first_row = row
 
 
-def _read_shards(batch: dict[str, np.ndarray], data: dict, batch_rows: int | None) -> Iterator[pa.Table]:
+def _read_shards(
+    batch: dict[str, np.ndarray], data: dict, batch_rows: int | None, owners: dict[bytes, str] | None
+) -> Iterator[pa.Table]:
     section = DataSection(**data)
     for text in batch["shard"]:
-        yield from read_shard(Shard.from_dict(json.loads(str(text))), section, batch_rows)
+        yield from read_shard(Shard.from_dict(json.loads(str(text))), section, batch_rows, owners)
 
 
-def image_dataset(shards: list[Shard], data: DataSection, batch_rows: int | None = None):
+def image_dataset(
+    shards: list[Shard],
+    data: DataSection,
+    batch_rows: int | None = None,
+    owners: dict[bytes, str] | None = None,
+):
     """A lazy Ray Dataset of decoded rows over ``shards``; nothing is read until it is consumed.
 
     ``batch_rows``: rows per table the read yields (default 256, fewer for large images). Ray joins a read
@@ -143,6 +160,8 @@ def image_dataset(shards: list[Shard], data: DataSection, batch_rows: int | None
     batches of a given size must ask ``map_batches`` for them, or slice the blocks itself as the scorer
     does. One read task per shard (``batch_size=1`` over shard descriptions); a downstream ``map_batches``
     with a row ``batch_size`` that fuses with this read makes Ray bundle that many *shards* into one task.
+    ``owners``: see the module docstring; pass the map computed over *all* planned shards, even when
+    ``shards`` is a subset, so every run fails the same rows.
     """
     import dataclasses
 
@@ -153,33 +172,55 @@ def image_dataset(shards: list[Shard], data: DataSection, batch_rows: int | None
     return ds.map_batches(
         _read_shards,
         batch_size=1,
-        fn_kwargs={"data": dataclasses.asdict(data), "batch_rows": batch_rows},
+        fn_kwargs={"data": dataclasses.asdict(data), "batch_rows": batch_rows, "owners": owners or None},
         num_cpus=data.read_cpus,
     )
 
 
+def _shard_id_keys(shards: Any, ids: Any) -> Any:
+    """One string per (shard, id) pair; the separator cannot occur in a shard id."""
+    return pc.binary_join_element_wise(shards, ids, "\x1f")
+
+
 def _filter_rows(
-    batch: pa.Table, wanted: pa.Array | None, usable_only: bool, columns: list[str] | None
+    batch: pa.Table,
+    wanted: pa.Array | None,
+    usable_only: bool,
+    columns: list[str] | None,
+    wanted_at: pa.Array | None = None,
 ) -> pa.Table:
     if wanted is not None:
         batch = batch.filter(pc.is_in(batch["id"], value_set=wanted))
+    if wanted_at is not None:
+        batch = batch.filter(pc.is_in(_shard_id_keys(batch["shard"], batch["id"]), value_set=wanted_at))
     if usable_only:
         batch = batch.filter(pc.is_null(batch["error"]))
     return batch.select(columns) if columns else batch
 
 
 def keep_rows(
-    ds, data: DataSection, *, ids=None, usable_only: bool = False, columns: list[str] | None = None
+    ds,
+    data: DataSection,
+    *,
+    ids=None,
+    at: dict[str, str] | None = None,
+    usable_only: bool = False,
+    columns: list[str] | None = None,
 ):
     """Filter a dataset from :func:`image_dataset` to ``ids`` and/or rows without error, keeping ``columns``.
+
+    ``at`` (``{id: shard id}``) keeps each id only from the given shard: exact when ids repeat across shards.
 
     Arrow batches, because numpy batches can turn an all-null string column into NaN floats; and the read
     tasks' CPU share, so the filter fuses with the read instead of waiting for a whole free CPU.
     """
     wanted = None if ids is None else pa.array([str(i) for i in ids], pa.string())
+    wanted_at = None
+    if at is not None:
+        wanted_at = _shard_id_keys(pa.array(list(at.values()), pa.string()), pa.array(list(at), pa.string()))
     return ds.map_batches(
         _filter_rows,
         batch_format="pyarrow",
-        fn_kwargs={"wanted": wanted, "usable_only": usable_only, "columns": columns},
+        fn_kwargs={"wanted": wanted, "usable_only": usable_only, "columns": columns, "wanted_at": wanted_at},
         num_cpus=data.read_cpus,
     )

@@ -156,6 +156,30 @@ def _image_bytes(value: object) -> bytes | None:
     return None
 
 
+def parquet_row_id(value: object) -> str | None:
+    """The row id a Parquet id cell gives (None when missing or empty): the one rule for readers and checks."""
+    if value is None or str(value) == "":
+        return None
+    return safe_text(str(value))
+
+
+def iter_parquet_ids(uri: str, data: DataSection) -> Iterator[str]:
+    """The ids of one Parquet file, reading only its id column; a file that cannot be read yields what it
+    could (the image reader reports the failure as a row)."""
+    try:
+        fs, path = storage.filesystem(uri)
+        pf = pq.ParquetFile(fs.open_input_file(path))
+        if data.id_column not in pf.schema_arrow.names:
+            return
+        for batch in pf.iter_batches(batch_size=65536, columns=[data.id_column]):
+            for v in batch.column(0).to_pylist():
+                rid = parquet_row_id(v)
+                if rid is not None:
+                    yield rid
+    except Exception as exc:  # noqa: BLE001
+        log.debug("%s: id column not readable (%s)", uri, type(exc).__name__)
+
+
 def _iter_parquet(uri: str, data: DataSection) -> Iterator[Record]:
     fs, path = storage.filesystem(uri)
     try:
@@ -180,11 +204,12 @@ def _iter_parquet(uri: str, data: DataSection) -> Iterator[Record]:
             labels = batch.column(data.label_column).to_pylist() if len(columns) == 3 else [None] * len(ids)
             for rid, img, label in zip(ids, images, labels):
                 label = None if label is None else safe_text(str(label))
-                if rid is None or str(rid) == "":
+                rid = parquet_row_id(rid)
+                if rid is None:
                     yield Record(f"{safe_text(uri)}#row={row}", None, label, "missing_id")
                 else:
                     b = _image_bytes(img)
-                    yield Record(safe_text(str(rid)), b, label, None if b is not None else "missing_image")
+                    yield Record(rid, b, label, None if b is not None else "missing_image")
                 row += 1
     except Exception as exc:  # noqa: BLE001
         reason = "corrupt_parquet" if isinstance(exc, (pa.ArrowInvalid, OSError)) else read_error(exc)

@@ -35,6 +35,7 @@ import numpy as np
 from mak_ray import storage
 from mak_ray.config import MakConfig
 from mak_ray.data import Shard, image_dataset, plan_from_config
+from mak_ray.data.duplicates import cross_shard_owners
 from mak_ray.score.parts import shard_dir
 from mak_ray.score.scorer import ScorerParams, map_scorer
 
@@ -182,7 +183,8 @@ def _run(
         if centroids is not None:
             ctor["centroids"] = ray.put(np.ascontiguousarray(centroids, dtype=np.float32))
         ctor["write"] = {"out_uri": out_uri}
-        records = map_scorer(image_dataset(todo, cfg.data), cfg, ctor)
+        owners = cross_shard_owners(shards, cfg.data)  # over every planned shard: reruns fail the same rows
+        records = map_scorer(image_dataset(todo, cfg.data, owners=owners), cfg, ctor)
         for batch in records.iter_batches(batch_size=None, batch_format="numpy"):
             for sid, n, failed, total, rss, ready in zip(
                 batch["shard"],
