@@ -112,7 +112,9 @@ class ScoreSection:
     bank_size: int = field(default=4096, metadata=at_least(2))  # negative bank drawn uniformly from the pool
     centroids: int = field(default=10, metadata=positive())
     batch_size: int = field(default=64, metadata=positive())  # images per map_batches call
-    num_actors: int = field(default=1, metadata=positive())  # upper bound of the actor pool
+    # Upper bound of the actor pool; 0 = one actor per CPU (CPU scoring: each runs one torch thread) or per
+    # gpus_per_actor of the GPUs, counted in the cluster when the stage starts (set it on autoscaling clusters).
+    num_actors: int = field(default=0, metadata=at_least(0))
     min_actors: int = field(default=1, metadata=positive())
     cpus_per_actor: float = field(default=0.5, metadata=positive())
     gpus_per_actor: float = field(default=0.0, metadata=at_least(0))
@@ -164,7 +166,7 @@ class MakConfig:
                 )
         if self.evaluate.few_threshold > self.evaluate.many_threshold:
             raise ConfigError("evaluate.few_threshold", "must not exceed evaluate.many_threshold")
-        if self.score.min_actors > self.score.num_actors:
+        if self.score.num_actors and self.score.min_actors > self.score.num_actors:
             raise ConfigError("score.min_actors", "must not exceed score.num_actors")
         out = self.run.output_uri.rstrip("/")
         for name in ("target", "pool", "eval_train", "eval_test"):

@@ -45,7 +45,7 @@ def test_int_is_accepted_for_float():
         ("pretrain.use_gpu=maybe", "pretrain.use_gpu", "true or false"),
         ("model.arch=vgg", "model.arch", "one of"),
         ("select.methods=[mak, magic]", "select.methods[1]", "unknown method"),
-        ("score.min_actors=3", "score.min_actors", "num_actors"),
+        ("score.num_actors=-1", "score.num_actors", ">= 0"),
     ],
 )
 def test_bad_values_name_their_field(override, field, words):
@@ -53,6 +53,24 @@ def test_bad_values_name_their_field(override, field, words):
         load_config(None, [override])
     assert err.value.field == field
     assert field in str(err.value) and words in str(err.value)
+
+
+def test_actor_pool_bounds():
+    """min_actors may not exceed an explicit num_actors; with num_actors=0 (sized from the cluster) it may
+    be anything, and the pool is never smaller than it."""
+    from mak_ray.score.scorer import pool_size
+
+    with pytest.raises(ConfigError, match="must not exceed score.num_actors"):
+        load_config(None, ["score.num_actors=2", "score.min_actors=3"])
+    sc = load_config(None, ["score.min_actors=3"]).score
+    assert sc.num_actors == 0
+    assert pool_size(sc, {"CPU": 8.0}) == 8
+    assert pool_size(sc, {"CPU": 2.0}) == 3  # never below min_actors
+    gpu = load_config(None, ["score.gpus_per_actor=0.5"]).score
+    assert pool_size(gpu, {"CPU": 64.0, "GPU": 4.0}) == 8
+    assert pool_size(gpu, {"CPU": 64.0}) == 1  # no GPU yet (autoscaling from zero): one actor asks for one
+    assert pool_size(load_config(None, ["score.num_actors=5"]).score, {"CPU": 64.0}) == 5
+    assert pool_size(load_config(None, []).score, {"CPU": 16.0}, shards=3) == 3  # no idle actors
 
 
 def test_bad_yaml_key_names_field(tmp_path):

@@ -81,7 +81,9 @@ def compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard]) -> np.ndar
     ds = image_dataset(cand, cfg.data)
     if keep is not None:
         ds = keep_rows(ds, cfg.data, ids=sorted(keep))
-    ds = map_scorer(ds, cfg, {"params": asdict(ScorerParams.from_config(cfg, model_uri, "bank"))})
+    ds = map_scorer(
+        ds, cfg, {"params": asdict(ScorerParams.from_config(cfg, model_uri, "bank"))}, shards=len(cand)
+    )
     ids: list[str] = []
     views: list[np.ndarray] = []
     for batch in ds.iter_batches(batch_size=1024, batch_format="numpy"):

@@ -184,7 +184,7 @@ def _run(
             ctor["centroids"] = ray.put(np.ascontiguousarray(centroids, dtype=np.float32))
         ctor["write"] = {"out_uri": out_uri}
         owners = cross_shard_owners(shards, cfg.data)  # over every planned shard: reruns fail the same rows
-        records = map_scorer(image_dataset(todo, cfg.data, owners=owners), cfg, ctor)
+        records = map_scorer(image_dataset(todo, cfg.data, owners=owners), cfg, ctor, shards=len(todo))
         for batch in records.iter_batches(batch_size=None, batch_format="numpy"):
             for sid, n, failed, total, rss, ready in zip(
                 batch["shard"],

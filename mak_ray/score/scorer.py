@@ -33,7 +33,7 @@ from mak_ray.data.dataset import to_arrow
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from mak_ray.config import MakConfig
+    from mak_ray.config import MakConfig, ScoreSection
 
 FORWARD_CHUNK = 256  # images per model call: bounds activation memory whatever R * batch_size is
 TASKS_PER_ACTOR = 2  # shards queued per actor: 1 leaves ~0.15 s idle per shard waiting for dispatch
@@ -72,8 +72,10 @@ class ScorerParams:
         )
 
 
-def map_scorer(ds: Any, cfg: MakConfig, ctor: dict[str, Any]) -> Any:
-    """``ds`` through an autoscaling pool of ``PoolScorer`` actors, as the bank and the scoring engine run it.
+def map_scorer(ds: Any, cfg: MakConfig, ctor: dict[str, Any], shards: int | None = None) -> Any:
+    """``ds`` (read from ``shards`` shards, when known) through a pool of ``PoolScorer`` actors, as the bank
+    and the scoring engine run it: ``min_actors``..``num_actors``, or with ``num_actors=0`` a fixed pool
+    sized by :func:`pool_size`, started at once.
 
     Blocks come whole (``batch_size=None``) and the scorer slices them: a row batch size here would make
     Ray bundle that many fused read tasks into one call (see :mod:`mak_ray.score.pipeline`).
@@ -81,6 +83,10 @@ def map_scorer(ds: Any, cfg: MakConfig, ctor: dict[str, Any]) -> Any:
     import ray
 
     sc = cfg.score
+    if sc.num_actors:
+        low, high = sc.min_actors, sc.num_actors
+    else:
+        low = high = pool_size(sc, ray.cluster_resources(), shards)
     return ds.map_batches(
         PoolScorer,
         fn_constructor_kwargs=ctor,
@@ -88,9 +94,27 @@ def map_scorer(ds: Any, cfg: MakConfig, ctor: dict[str, Any]) -> Any:
         num_cpus=sc.cpus_per_actor,
         num_gpus=sc.gpus_per_actor,
         compute=ray.data.ActorPoolStrategy(
-            min_size=sc.min_actors, max_size=sc.num_actors, max_tasks_in_flight_per_actor=TASKS_PER_ACTOR
+            min_size=low, max_size=high, max_tasks_in_flight_per_actor=TASKS_PER_ACTOR
         ),
     )
+
+
+def pool_size(sc: ScoreSection, resources: dict[str, float], shards: int | None = None) -> int:
+    """``score.num_actors``, or with 0 what the cluster holds now: one actor per ``gpus_per_actor`` of its GPUs
+    when scoring on GPUs, else one per CPU (a CPU actor runs one torch thread on one core, whatever
+    ``cpus_per_actor`` it reserves); no more than there are ``shards`` to score, no fewer than
+    ``min_actors``, and at least 1."""
+    if sc.num_actors:
+        return sc.num_actors
+    if sc.gpus_per_actor > 0:
+        n = int(resources.get("GPU", 0) // sc.gpus_per_actor)
+    else:
+        n = int(resources.get("CPU", 1))
+    if shards is not None:
+        n = min(n, shards)
+    n = max(1, n, sc.min_actors)
+    log.info("score.num_actors=0: a pool of %d actors for this cluster", n)
+    return n
 
 
 def _resolve(x: Any) -> Any:
