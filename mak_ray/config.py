@@ -67,6 +67,9 @@ class DataSection:
     image_size: int = field(default=32, metadata=between(8, 1024))
     max_pixels: int = field(default=50_000_000, metadata=positive())  # decompression-bomb guard
     files_per_shard: int = field(default=1000, metadata=positive())  # folder inputs are cut into shards
+    # a Parquet file with more rows is cut into shards of whole row groups of about this many rows, so that
+    # one big file still spreads over the actor pool (a file with one row group stays one shard)
+    parquet_rows_per_shard: int = field(default=10_000, metadata=positive())
     # CPUs per read/decode task: fractional, so that reads still run beside a trainer or actors that hold
     # most of a small machine's CPUs (a whole CPU per read task hangs a 2-CPU run)
     read_cpus: float = field(default=0.5, metadata=positive())

@@ -150,13 +150,13 @@ def test_mixed_tar_and_parquet_is_refused(tmp_path):
         plan_shards(str(tmp_path / "missing"))
 
 
-@pytest.mark.parametrize("files_per_bucket", [8, 2])
-def test_cross_shard_owners_match_a_direct_count(ray_session, tmp_path, monkeypatch, files_per_bucket):
+@pytest.mark.parametrize("shards_per_bucket", [8, 2])
+def test_cross_shard_owners_match_a_direct_count(ray_session, tmp_path, monkeypatch, shards_per_bucket):
     """The hash shuffle finds exactly the ids held by more than one Parquet file, each with its first holder
     (one reducer, and several); unreadable files and missing ids are skipped."""
     from mak_ray.data import duplicates
 
-    monkeypatch.setattr(duplicates, "FILES_PER_BUCKET", files_per_bucket)
+    monkeypatch.setattr(duplicates, "SHARDS_PER_BUCKET", shards_per_bucket)
     rng = np.random.default_rng(4)
     files = [[f"id{v}" for v in rng.integers(0, 300, size=60)] for _ in range(7)]
     files[3][0] = None  # a missing id is not an id
@@ -173,3 +173,37 @@ def test_cross_shard_owners_match_a_direct_count(ray_session, tmp_path, monkeypa
     want = {duplicates.id_digest(i): shards[min(ks)].shard_id for i, ks in holders.items() if len(ks) > 1}
     assert owners == want and len(want) > 50
     assert duplicates.cross_shard_owners(shards[:1], data) == {}  # one shard: nothing to check
+
+
+def test_big_parquet_files_are_cut_by_row_group(tmp_path):
+    """A file over ``parquet_rows_per_shard`` becomes shards of whole row groups that together read every row
+    once, with file-wide ``#row=`` ids; small, single-row-group and unreadable files stay whole."""
+    rng = np.random.default_rng(6)
+    ids: list[str | None] = [f"r{i}" for i in range(40)]
+    ids[30] = None
+    pq.write_table(
+        pa.table({"id": ids, "image": [good_image_bytes(rng) for _ in ids]}),
+        tmp_path / "a.parquet",
+        row_group_size=7,
+    )
+    pq.write_table(
+        pa.table({"id": ["s0", "s1"], "image": [b"x", b"y"]}), tmp_path / "b.parquet", row_group_size=1
+    )
+    pq.write_table(
+        pa.table({"id": [f"t{i}" for i in range(30)], "image": [b"x"] * 30}), tmp_path / "c.parquet"
+    )
+    (tmp_path / "d.parquet").write_bytes(b"PAR1 but not really")
+    shards = plan_shards(str(tmp_path), "parquet", parquet_rows_per_shard=16)
+    assert [(os.path.basename(s.paths[0]), s.row_groups) for s in shards] == [
+        ("a.parquet", [0, 1, 2]),  # 21 rows
+        ("a.parquet", [3, 4, 5]),  # 19 rows
+        ("b.parquet", None),  # 2 rows: no bigger than a shard
+        ("c.parquet", None),  # one row group
+        ("d.parquet", None),  # footer unreadable: the reader reports it
+    ]
+    assert len({s.shard_id for s in shards}) == 5
+    data = DataSection(image_size=16)
+    got = [r for s in shards[:2] for b in read_shard(s, data) for r in b.select(["id", "error"]).to_pylist()]
+    want = [f"r{i}" if i != 30 else f"{tmp_path}/a.parquet#row=30" for i in range(40)]
+    assert [r["id"] for r in got] == want
+    assert [r["error"] for r in got if r["error"]] == ["missing_id"]

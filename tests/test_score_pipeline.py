@@ -305,3 +305,24 @@ def test_parquet_ids_repeated_across_files_are_scored_once(ray_session, model_ur
     rows = keep_rows(image_dataset(shards, cfg.data), cfg.data, at={"a": first["a"], "d": first["d"]})
     got = rows.to_pandas()
     assert sorted(zip(got["id"], got["shard"])) == [("a", first["a"]), ("d", first["d"])]
+
+
+def test_a_parquet_file_cut_by_row_group_scores_as_a_whole(ray_session, model_uri, centroids, tmp_path):
+    """One big file spread over row-group shards gives the rows, scores and duplicate failures of the file
+    read whole (an id repeated in both halves fails in the later one, as within one shard)."""
+    rng = np.random.default_rng(8)
+    ids = [f"x{i}" for i in range(48)]
+    ids[40] = ids[3]
+    (tmp_path / "pq").mkdir()
+    images = [good_image_bytes(rng) for _ in ids]
+    pq.write_table(pa.table({"id": ids, "image": images}), tmp_path / "pq" / "big.parquet", row_group_size=8)
+    outs = {}
+    for rows in (16, 1000):
+        out = str(tmp_path / f"out{rows}")
+        cfg = make_cfg(str(tmp_path / "pq"), out)
+        cfg.data.parquet_rows_per_shard = rows
+        s = score_pool(cfg, model_uri, centroids, out)
+        assert s["shards"] == (3 if rows == 16 else 1)
+        check_accounting(s, table(out), 48, collections.Counter({"duplicate_id": 1}))
+        outs[rows] = table(out).drop_columns(["shard"])
+    assert outs[16].equals(outs[1000])

@@ -1,7 +1,7 @@
 """Ids repeated across shards: which shard keeps each one.
 
-File and tar ids are URIs and cannot repeat; Parquet inputs carry their own ids, and two files may share
-some. Within a shard the reader already fails the second and later rows of an id (``duplicate_id``). Across
+File and tar ids are URIs and cannot repeat; Parquet inputs carry their own ids, and two files (or two
+row-group shards of one file) may share some. Within a shard the reader already fails the second and later rows of an id (``duplicate_id``). Across
 shards the rule is the same, in plan order: the first shard that holds an id keeps it, and every row of that
 id in a later shard is failed with ``duplicate_id``. So the score output holds at most one usable row per
 id, and selection, embedding look-ups and retraining never see an id twice.
@@ -27,7 +27,7 @@ from mak_ray.data.sources import Shard
 
 log = logging.getLogger(__name__)
 
-FILES_PER_BUCKET = 8  # a reducer holds about this many files' id hashes (~40 B per id)
+SHARDS_PER_BUCKET = 8  # a reducer holds about this many shards' id hashes (~40 B per id)
 MAX_BUCKETS = 256
 MANY_DUPLICATES = 1_000_000  # warn: the owner map travels with every read task
 
@@ -46,7 +46,7 @@ def _shard_buckets(shard: dict, data: dict, buckets: int) -> list[np.ndarray] | 
     """The distinct id hashes of one shard, split into ``buckets`` by the hash's low word (one Ray return
     each; a single bucket is returned bare, as Ray passes one return through whole)."""
     s, d = Shard.from_dict(shard), DataSection(**data)
-    seen = {id_digest(rid) for path in s.paths for rid in iter_parquet_ids(path, d)}
+    seen = {id_digest(rid) for path in s.paths for rid in iter_parquet_ids(path, d, s.row_groups)}
     pairs = _as_pairs(sorted(seen)) if seen else np.zeros((0, 2), np.uint64)
     which = pairs[:, 1] % np.uint64(buckets)
     out = [pairs[which == b] for b in range(buckets)]
@@ -81,8 +81,7 @@ def cross_shard_owners(shards: list[Shard], data: DataSection) -> dict[bytes, st
     import ray
 
     t0 = time.perf_counter()
-    files = sum(len(s.paths) for s in parquet)
-    buckets = int(min(MAX_BUCKETS, -(-files // FILES_PER_BUCKET)))
+    buckets = int(min(MAX_BUCKETS, -(-len(parquet) // SHARDS_PER_BUCKET)))
     mapper = ray.remote(_shard_buckets).options(num_cpus=data.read_cpus, num_returns=buckets)
     reducer = ray.remote(_repeated).options(num_cpus=data.read_cpus, num_returns=2)
     data_dict = dataclasses.asdict(data)

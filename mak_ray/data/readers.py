@@ -62,7 +62,7 @@ def iter_records(shard: Shard, data: DataSection) -> Iterator[Record]:
             yield from _iter_tar(path)
     elif shard.kind == "parquet":
         for path in shard.paths:
-            yield from _iter_parquet(path, data)
+            yield from _iter_parquet(path, data, shard.row_groups)
     else:
         raise ValueError(f"unknown shard kind {shard.kind!r}")
 
@@ -163,15 +163,20 @@ def parquet_row_id(value: object) -> str | None:
     return safe_text(str(value))
 
 
-def iter_parquet_ids(uri: str, data: DataSection) -> Iterator[str]:
-    """The ids of one Parquet file, reading only its id column; a file that cannot be read yields what it
-    could (the image reader reports the failure as a row)."""
+def _first_row(pf: pq.ParquetFile, row_groups: list[int] | None) -> int:
+    """Row number (in the file) of the first row read, so ``#row=`` ids stay unique when a file is cut."""
+    return sum(pf.metadata.row_group(i).num_rows for i in range(row_groups[0])) if row_groups else 0
+
+
+def iter_parquet_ids(uri: str, data: DataSection, row_groups: list[int] | None = None) -> Iterator[str]:
+    """The ids of one Parquet file (or of its ``row_groups``), reading only the id column; a file that cannot
+    be read yields what it could (the image reader reports the failure as a row)."""
     try:
         fs, path = storage.filesystem(uri)
         pf = pq.ParquetFile(fs.open_input_file(path))
         if data.id_column not in pf.schema_arrow.names:
             return
-        for batch in pf.iter_batches(batch_size=65536, columns=[data.id_column]):
+        for batch in pf.iter_batches(batch_size=65536, columns=[data.id_column], row_groups=row_groups):
             for v in batch.column(0).to_pylist():
                 rid = parquet_row_id(v)
                 if rid is not None:
@@ -180,7 +185,7 @@ def iter_parquet_ids(uri: str, data: DataSection) -> Iterator[str]:
         log.debug("%s: id column not readable (%s)", uri, type(exc).__name__)
 
 
-def _iter_parquet(uri: str, data: DataSection) -> Iterator[Record]:
+def _iter_parquet(uri: str, data: DataSection, row_groups: list[int] | None = None) -> Iterator[Record]:
     fs, path = storage.filesystem(uri)
     try:
         pf = pq.ParquetFile(fs.open_input_file(path))
@@ -198,7 +203,8 @@ def _iter_parquet(uri: str, data: DataSection) -> Iterator[Record]:
     )
     row = 0
     try:
-        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+        row = _first_row(pf, row_groups)
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns, row_groups=row_groups):
             ids = batch.column(data.id_column).to_pylist()
             images = batch.column(data.image_column).to_pylist()
             labels = batch.column(data.label_column).to_pylist() if len(columns) == 3 else [None] * len(ids)

@@ -10,11 +10,14 @@ Formats (``DataSection.format = "auto"`` picks by file suffix):
   of ``files_per_shard``; the row id is the file URI; the label is the parent folder's name when
   ``labels_from_parent`` (files directly under the root have none).
 - ``tar``: one shard per ``.tar`` (or ``.tar.gz``/``.tgz``), WebDataset style; the row id is ``<tar uri>#<key>``.
-- ``parquet``: one shard per ``.parquet`` file; ids, image bytes and labels come from the configured columns.
+- ``parquet``: one shard per ``.parquet`` file, or per run of whole row groups of about ``rows_per_shard`` rows
+  when a file holds more (its footer is read at planning); ids, image bytes and labels come from the
+  configured columns.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import hashlib
 import logging
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 PARQUET_SUFFIXES = (".parquet",)
+FOOTER_THREADS = 16  # Parquet footers are read at planning; object-store latency bounds it
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Shard:
     kind: str  # "files" | "tar" | "parquet"
     paths: list[str]
     labels: list[str | None] | None = None  # per path, for "files" with labels_from_parent
+    row_groups: list[int] | None = None  # "parquet" cut by row group: the one path's row groups to read
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -76,8 +81,47 @@ def _parent_label(root: str, path: str) -> str | None:
     return posixpath.basename(parent) if parent else None
 
 
+def _row_group_runs(uri: str, rows_per_shard: int) -> list[list[int] | None]:
+    """Runs of consecutive row groups of about ``rows_per_shard`` rows; ``[None]`` (the whole file) when it is
+    no bigger, has one row group, or its footer cannot be read (the reader then reports the failure)."""
+    import pyarrow.parquet as pq
+
+    try:
+        fs, path = storage.filesystem(uri)
+        with fs.open_input_file(path) as f:
+            md = pq.ParquetFile(f).metadata
+        sizes = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+    except Exception as exc:  # noqa: BLE001
+        log.debug("%s: footer not readable (%s); one shard", uri, type(exc).__name__)
+        return [None]
+    if len(sizes) <= 1 or sum(sizes) <= rows_per_shard:
+        return [None]
+    runs: list[list[int] | None] = []
+    run: list[int] = []
+    rows = 0
+    for i, n in enumerate(sizes):
+        run.append(i)
+        rows += n
+        if rows >= rows_per_shard:
+            runs.append(run)
+            run, rows = [], 0
+    if run:
+        runs.append(run)
+    return runs
+
+
+def _parquet_groups(files: list[str], rows_per_shard: int) -> list[tuple[list[str], list[int] | None]]:
+    with cf.ThreadPoolExecutor(FOOTER_THREADS) as pool:
+        runs = list(pool.map(lambda f: _row_group_runs(f, rows_per_shard), files))
+    return [([f], run) for f, file_runs in zip(files, runs) for run in file_runs]
+
+
 def plan_shards(
-    uri: str, fmt: str = "auto", files_per_shard: int = 1000, labels_from_parent: bool = True
+    uri: str,
+    fmt: str = "auto",
+    files_per_shard: int = 1000,
+    labels_from_parent: bool = True,
+    parquet_rows_per_shard: int = 10_000,
 ) -> list[Shard]:
     """List ``uri`` once and cut it into shards. Raises before any heavy work if nothing usable is there."""
     files = storage.list_files(uri)
@@ -85,18 +129,18 @@ def plan_shards(
         fmt = detect_format(files)
     if fmt == "tar":
         chosen = [f for f in files if f.lower().endswith(TAR_SUFFIXES)]
-        groups = [[f] for f in chosen]
+        groups = [([f], None) for f in chosen]
         kind = "tar"
     elif fmt == "parquet":
         chosen = [f for f in files if f.lower().endswith(PARQUET_SUFFIXES)]
-        groups = [[f] for f in chosen]
+        groups = _parquet_groups(chosen, parquet_rows_per_shard)
         kind = "parquet"
     elif fmt == "images":
         chosen = [f for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
         skipped = len(files) - len(chosen)
         if skipped:
             log.info("%s: skipping %d files without an image suffix", uri, skipped)
-        groups = [chosen[i : i + files_per_shard] for i in range(0, len(chosen), files_per_shard)]
+        groups = [(chosen[i : i + files_per_shard], None) for i in range(0, len(chosen), files_per_shard)]
         kind = "files"
     else:
         raise ValueError(f"unknown data format {fmt!r}")
@@ -105,12 +149,15 @@ def plan_shards(
     width = max(5, len(str(len(groups) - 1)))
     root = uri.rstrip("/")
     shards = []
-    for i, paths in enumerate(groups):
+    for i, (paths, row_groups) in enumerate(groups):
         labels = [_parent_label(root, p) for p in paths] if kind == "files" and labels_from_parent else None
-        shards.append(Shard(_shard_id(i, width, paths), kind, paths, labels))
+        key = paths if row_groups is None else [f"{paths[0]}#row_groups={row_groups[0]}-{row_groups[-1]}"]
+        shards.append(Shard(_shard_id(i, width, key), kind, paths, labels, row_groups))
     log.info("%s: %d %s inputs in %d shards", uri, len(chosen), fmt, len(shards))
     return shards
 
 
 def plan_from_config(uri: str, data: DataSection) -> list[Shard]:
-    return plan_shards(uri, data.format, data.files_per_shard, data.labels_from_parent)
+    return plan_shards(
+        uri, data.format, data.files_per_shard, data.labels_from_parent, data.parquet_rows_per_shard
+    )
