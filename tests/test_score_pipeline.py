@@ -307,7 +307,7 @@ def test_parquet_ids_repeated_across_files_are_scored_once(ray_session, model_ur
     assert sorted(zip(got["id"], got["shard"])) == [("a", first["a"]), ("d", first["d"])]
 
 
-def test_a_parquet_file_cut_by_row_group_scores_as_a_whole(ray_session, model_uri, centroids, tmp_path):
+def test_a_parquet_file_cut_by_row_group_reads_as_a_whole(ray_session, model_uri, tmp_path):
     """One big file spread over row-group shards gives the rows, scores and duplicate failures of the file
     read whole (an id repeated in both halves fails in the later one, as within one shard)."""
     rng = np.random.default_rng(8)
@@ -317,12 +317,16 @@ def test_a_parquet_file_cut_by_row_group_scores_as_a_whole(ray_session, model_ur
     images = [good_image_bytes(rng) for _ in ids]
     pq.write_table(pa.table({"id": ids, "image": images}), tmp_path / "pq" / "big.parquet", row_group_size=8)
     outs = {}
-    for rows in (16, 1000):
+    for rows in (16, 1000):  # embed mode: the same reading and failures as scoring, at half the actor starts
         out = str(tmp_path / f"out{rows}")
         cfg = make_cfg(str(tmp_path / "pq"), out)
         cfg.data.parquet_rows_per_shard = rows
-        s = score_pool(cfg, model_uri, centroids, out)
-        assert s["shards"] == (3 if rows == 16 else 1)
-        check_accounting(s, table(out), 48, collections.Counter({"duplicate_id": 1}))
+        s = embed_images(str(tmp_path / "pq"), cfg, model_uri, out)
+        assert (s["shards"], s["inputs"], s["failed_by_reason"]) == (
+            3 if rows == 16 else 1,
+            48,
+            {"duplicate_id": 1},
+        )
         outs[rows] = table(out).drop_columns(["shard"])
     assert outs[16].equals(outs[1000])
+    assert set(outs[16].filter(pc.equal(outs[16]["id"], "x3"))["error"].to_pylist()) == {None, "duplicate_id"}
