@@ -4,7 +4,9 @@ Both paths use the same model file, images, seeded augmentations, negative bank,
 the hand loop reads, decodes and scores files in order in this process (torch on every core) and writes
 nothing, the pipeline reads, decodes, scores on an actor pool and writes Parquet with markers. The ratio
 pipeline/hand is the pipeline's efficiency (goal >= 0.9). Memory: the driver's peak resident set during
-the pipeline (sampled) and the actors' peak (their own getrusage) at N and 4N images must stay flat.
+the pipeline (sampled), its growth during the pipeline (``driver +MiB``: the peak also carries what this
+process did before, such as writing the next pool and the previous hand loop), and the actors' peak (their
+own getrusage) at N and 4N images must stay flat.
 
 Two pipeline rates are printed:
 - ``e2e``: all images over the whole ``score_pool`` call, startup included.
@@ -161,7 +163,7 @@ def main() -> None:
     )
     print(
         f"{'images':>7} {'e2e/s':>7} {'startup s':>9} {'steady/s':>8} {'hand/s':>7} {'ratio e2e':>9} "
-        f"{'ratio steady':>12} {'driver peak MiB':>15} {'actor peak MiB':>14}"
+        f"{'ratio steady':>12} {'driver peak MiB':>15} {'driver +MiB':>11} {'actor peak MiB':>14}"
     )
     for n in args.sizes:
         pool = os.path.join(tmp, f"pool{n}")
@@ -186,6 +188,7 @@ def main() -> None:
         )
         shards = plan_from_config(pool, cfg.data)
         bank = load_or_compute_bank(cfg, model_uri, shards, out)  # built once, outside both timings
+        driver_before = current_rss()  # what this process already holds (the bench's own pools, hand loop)
         with RssSampler() as rss:
             summary = score_pool(cfg, model_uri, centroids, out)
         assert summary["inputs"] == n == summary["scored"]
@@ -195,6 +198,7 @@ def main() -> None:
         print(
             f"{n:>7} {pipe:>7.1f} {summary['startup_seconds']:>9.1f} {steady:>8.1f} {hand:>7.1f} "
             f"{pipe / hand:>9.2f} {steady / hand:>12.2f} {rss.peak / 2**20:>15.0f} "
+            f"{(rss.peak - driver_before) / 2**20:>11.0f} "
             f"{summary['actor_max_rss_bytes'] / 2**20:>14.0f}",
             flush=True,
         )
