@@ -202,6 +202,7 @@ def test_big_parquet_files_are_cut_by_row_group(tmp_path):
         ("d.parquet", None),  # footer unreadable: the reader reports it
     ]
     assert len({s.shard_id for s in shards}) == 5
+    assert [s.known_rows for s in shards] == [21, 19, 2, 30, None]  # from the footers: exact ETAs
     data = DataSection(image_size=16)
     got = [r for s in shards[:2] for b in read_shard(s, data) for r in b.select(["id", "error"]).to_pylist()]
     want = [f"r{i}" if i != 30 else f"{tmp_path}/a.parquet#row=30" for i in range(40)]

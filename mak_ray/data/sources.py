@@ -42,6 +42,7 @@ class Shard:
     paths: list[str]
     labels: list[str | None] | None = None  # per path, for "files" with labels_from_parent
     row_groups: list[int] | None = None  # "parquet" cut by row group: the one path's row groups to read
+    rows: int | None = None  # "parquet": rows in the shard, from the footer (None when it was unreadable)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -52,8 +53,9 @@ class Shard:
 
     @property
     def known_rows(self) -> int | None:
-        """Rows this shard will yield, when known without reading it (image files: one row per file)."""
-        return len(self.paths) if self.kind == "files" else None
+        """Rows this shard will yield, when known without reading it (image files: one row per file; Parquet:
+        the footer's count)."""
+        return len(self.paths) if self.kind == "files" else self.rows
 
 
 def _shard_id(index: int, width: int, paths: list[str]) -> str:
@@ -81,9 +83,10 @@ def _parent_label(root: str, path: str) -> str | None:
     return posixpath.basename(parent) if parent else None
 
 
-def _row_group_runs(uri: str, rows_per_shard: int) -> list[list[int] | None]:
-    """Runs of consecutive row groups of about ``rows_per_shard`` rows; ``[None]`` (the whole file) when it is
-    no bigger, has one row group, or its footer cannot be read (the reader then reports the failure)."""
+def _row_group_runs(uri: str, rows_per_shard: int) -> list[tuple[list[int] | None, int | None]]:
+    """Runs of consecutive row groups of about ``rows_per_shard`` rows, with their row counts; one run
+    ``None`` (the whole file) when it is no bigger, has one row group, or its footer cannot be read (then its
+    count is None too, and the reader reports the failure)."""
     import pyarrow.parquet as pq
 
     try:
@@ -93,27 +96,29 @@ def _row_group_runs(uri: str, rows_per_shard: int) -> list[list[int] | None]:
         sizes = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
     except Exception as exc:  # noqa: BLE001
         log.debug("%s: footer not readable (%s); one shard", uri, type(exc).__name__)
-        return [None]
+        return [(None, None)]
     if len(sizes) <= 1 or sum(sizes) <= rows_per_shard:
-        return [None]
-    runs: list[list[int] | None] = []
+        return [(None, sum(sizes))]
+    runs: list[tuple[list[int] | None, int | None]] = []
     run: list[int] = []
     rows = 0
     for i, n in enumerate(sizes):
         run.append(i)
         rows += n
         if rows >= rows_per_shard:
-            runs.append(run)
+            runs.append((run, rows))
             run, rows = [], 0
     if run:
-        runs.append(run)
+        runs.append((run, rows))
     return runs
 
 
-def _parquet_groups(files: list[str], rows_per_shard: int) -> list[tuple[list[str], list[int] | None]]:
+def _parquet_groups(
+    files: list[str], rows_per_shard: int
+) -> list[tuple[list[str], list[int] | None, int | None]]:
     with cf.ThreadPoolExecutor(FOOTER_THREADS) as pool:
         runs = list(pool.map(lambda f: _row_group_runs(f, rows_per_shard), files))
-    return [([f], run) for f, file_runs in zip(files, runs) for run in file_runs]
+    return [([f], run, rows) for f, file_runs in zip(files, runs) for run, rows in file_runs]
 
 
 def plan_shards(
@@ -129,7 +134,7 @@ def plan_shards(
         fmt = detect_format(files)
     if fmt == "tar":
         chosen = [f for f in files if f.lower().endswith(TAR_SUFFIXES)]
-        groups = [([f], None) for f in chosen]
+        groups = [([f], None, None) for f in chosen]
         kind = "tar"
     elif fmt == "parquet":
         chosen = [f for f in files if f.lower().endswith(PARQUET_SUFFIXES)]
@@ -140,7 +145,9 @@ def plan_shards(
         skipped = len(files) - len(chosen)
         if skipped:
             log.info("%s: skipping %d files without an image suffix", uri, skipped)
-        groups = [(chosen[i : i + files_per_shard], None) for i in range(0, len(chosen), files_per_shard)]
+        groups = [
+            (chosen[i : i + files_per_shard], None, None) for i in range(0, len(chosen), files_per_shard)
+        ]
         kind = "files"
     else:
         raise ValueError(f"unknown data format {fmt!r}")
@@ -149,10 +156,10 @@ def plan_shards(
     width = max(5, len(str(len(groups) - 1)))
     root = uri.rstrip("/")
     shards = []
-    for i, (paths, row_groups) in enumerate(groups):
+    for i, (paths, row_groups, rows) in enumerate(groups):
         labels = [_parent_label(root, p) for p in paths] if kind == "files" and labels_from_parent else None
         key = paths if row_groups is None else [f"{paths[0]}#row_groups={row_groups[0]}-{row_groups[-1]}"]
-        shards.append(Shard(_shard_id(i, width, key), kind, paths, labels, row_groups))
+        shards.append(Shard(_shard_id(i, width, key), kind, paths, labels, row_groups, rows))
     log.info("%s: %d %s inputs in %d shards", uri, len(chosen), fmt, len(shards))
     return shards
 
