@@ -1,9 +1,9 @@
 """Ids repeated across shards: which shard keeps each one.
 
 File and tar ids are URIs and cannot repeat; Parquet inputs carry their own ids, and two files (or two
-row-group shards of one file) may share some. Within a shard the reader already fails the second and later rows of an id (``duplicate_id``). Across
-shards the rule is the same, in plan order: the first shard that holds an id keeps it, and every row of that
-id in a later shard is failed with ``duplicate_id``. So the score output holds at most one usable row per
+row-group shards of one file) may share some. Within a shard the reader already fails the second and later
+rows of an id (``duplicate_id``). Across shards the rule is the same, in plan order: the first shard that
+holds an id keeps it, and every row of that id in a later shard is failed with ``duplicate_id``. So the score output holds at most one usable row per
 id, and selection, embedding look-ups and retraining never see an id twice.
 
 Finding them is a two-level hash shuffle on Ray tasks that reads only the id columns: each shard task hashes
@@ -47,7 +47,7 @@ def _shard_buckets(shard: dict, data: dict, buckets: int) -> list[np.ndarray] | 
     each; a single bucket is returned bare, as Ray passes one return through whole)."""
     s, d = Shard.from_dict(shard), DataSection(**data)
     seen = {id_digest(rid) for path in s.paths for rid in iter_parquet_ids(path, d, s.row_groups)}
-    pairs = _as_pairs(sorted(seen)) if seen else np.zeros((0, 2), np.uint64)
+    pairs = _as_pairs(list(seen)) if seen else np.zeros((0, 2), np.uint64)  # the reducer sorts
     which = pairs[:, 1] % np.uint64(buckets)
     out = [pairs[which == b] for b in range(buckets)]
     return out if buckets > 1 else out[0]

@@ -83,10 +83,8 @@ def map_scorer(ds: Any, cfg: MakConfig, ctor: dict[str, Any], shards: int | None
     import ray
 
     sc = cfg.score
-    if sc.num_actors:
-        low, high = sc.min_actors, sc.num_actors
-    else:
-        low = high = pool_size(sc, ray.cluster_resources(), shards)
+    high = pool_size(sc, ray.cluster_resources(), shards)
+    low = sc.min_actors if sc.num_actors else high  # a pool sized to the cluster starts whole
     return ds.map_batches(
         PoolScorer,
         fn_constructor_kwargs=ctor,
