@@ -17,13 +17,22 @@ the per-image efficiency once the actors are up. Startup is a fixed cost per job
 pay in its timing (torch is already imported in this process; its model load is timed and takes milliseconds),
 so the e2e ratio approaches the steady one as N grows.
 
-Why 2,000 images stay below 0.9 on 2 CPUs (measured 2026-12-01): the hand loop takes ~7-10 s for them; two
-single-threaded actors cannot beat twice the single-thread rate (~160 images/s each here), ~6.2 s of work;
-so 0.9 leaves ~2-4 s for startup, while a fresh actor process spends ~2 s reaching the scorer (worker start,
-importing ray.data), ~2 s importing torch and ~2 s importing torchvision (its ops import torch._dynamo).
+Two models (``--model``):
+- ``default``: the model and scoring settings a config gets by default (ResNet-18 width 64, 128-d projection,
+  R=10 views, ECLE over 10 batchings of 512 negatives), at 32 px. This is the work a user's job does per image,
+  so its ratio is the issue's figure. ~9 images/s on 2 CPUs: ``--full`` takes ~30 min.
+- ``tiny`` (the default of this script, for quick runs): width 16, 64-d projection, R=4, ECLE 2 x 128. Its
+  images cost ~40x less, so the fixed startup weighs far more: on 2 CPUs, 2,000 images stay below 0.9 (measured
+  2026-12-01: 0.55-0.71). The hand loop takes ~7-10 s for them; two single-threaded actors need ~6.2 s of work;
+  0.9 leaves ~2-4 s for startup, while a fresh actor process spends ~2 s reaching the scorer (worker start,
+  importing ray.data), ~2 s importing torch and ~2 s importing torchvision (its ops import torch._dynamo).
 
-    python -m bench.bench_score                 # 200 and 800 images (~1 min on a quiet 2-CPU machine)
-    python -m bench.bench_score --full          # 2,000 and 8,000 images (the issue's sizes; ~3 min here)
+The negative bank holds 512 samples in both (``score.bank_size`` changes no per-image work, only the untimed
+bank build).
+
+    python -m bench.bench_score                 # tiny, 200 and 800 images (~1 min on a quiet 2-CPU machine)
+    python -m bench.bench_score --full          # tiny, 2,000 and 8,000 images (the issue's sizes; ~3 min here)
+    python -m bench.bench_score --full --model default   # the issue's sizes on the default model (~30 min)
     python -m bench.bench_score --sizes 500 2000
 """
 
@@ -116,18 +125,48 @@ def hand_loop(cfg, model_uri: str, bank: np.ndarray, centroids: np.ndarray, file
     return len(files) / (time.perf_counter() - t0)
 
 
+def _tiny() -> dict:
+    return {"width": 16, "proj_dim": 64, "views": 4, "ecle_batch_size": 128, "ecle_repeats": 2}
+
+
+def _default() -> dict:
+    """The defaults of ``ModelSection`` and ``ScoreSection``, read from the dataclasses."""
+    from mak_ray.config import ModelSection, ScoreSection
+
+    m, sc = ModelSection(), ScoreSection()
+    return {
+        "width": m.width,
+        "proj_dim": m.proj_dim,
+        "views": sc.views,
+        "ecle_batch_size": sc.ecle_batch_size,
+        "ecle_repeats": sc.ecle_repeats,
+    }
+
+
+PRESETS = {"tiny": _tiny, "default": _default}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[200, 800])
     ap.add_argument("--full", action="store_true", help="the issue's sizes: 2,000 and 8,000 images")
+    ap.add_argument(
+        "--model",
+        choices=sorted(PRESETS),
+        default="tiny",
+        help="tiny: a light model, fast to run; default: the model and scoring settings a config gets by default",
+    )
     ap.add_argument("--image-size", type=int, default=32)
-    ap.add_argument("--width", type=int, default=16, help="ResNet-18 first-stage width")
-    ap.add_argument("--views", type=int, default=4)
+    ap.add_argument("--width", type=int, help="ResNet-18 first-stage width (overrides the preset)")
+    ap.add_argument("--views", type=int, help="augmented views R (overrides the preset)")
     ap.add_argument("--actors", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
     if args.full:
         args.sizes = [2000, 8000]
+    preset = PRESETS[args.model]()
+    preset["width"] = args.width or preset["width"]
+    preset["views"] = args.views or preset["views"]
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -143,7 +182,7 @@ def main() -> None:
 
     tmp = tempfile.mkdtemp(prefix="bench-score-")
     torch.manual_seed(0)
-    mcfg = ModelSection(arch="resnet18", width=args.width, small_stem=True, proj_dim=64)
+    mcfg = ModelSection(arch="resnet18", width=preset["width"], small_stem=True, proj_dim=preset["proj_dim"])
     model = build_model(mcfg)
     model_uri = os.path.join(tmp, "model.pt")
     save_model(model, mcfg, model_uri)
@@ -158,8 +197,10 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     print(
-        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; model resnet18 width "
-        f"{args.width}, {args.image_size}px, {args.views} views, {args.actors} actors, batch {args.batch_size}"
+        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; model {args.model}: resnet18 "
+        f"width {preset['width']}, projection {preset['proj_dim']}, {args.image_size}px, {preset['views']} views, "
+        f"ECLE {preset['ecle_repeats']} x {preset['ecle_batch_size']} negatives (bank 512); {args.actors} actors, "
+        f"batch {args.batch_size}"
     )
     print(
         f"{'images':>7} {'e2e/s':>7} {'startup s':>9} {'steady/s':>8} {'hand/s':>7} {'ratio e2e':>9} "
@@ -174,10 +215,10 @@ def main() -> None:
                 "run": {"output_uri": out, "seed": 0},
                 "data": {"pool": pool, "image_size": args.image_size, "files_per_shard": max(25, n // 8)},
                 "score": {
-                    "views": args.views,
+                    "views": preset["views"],
                     "bank_size": 512,
-                    "ecle_batch_size": 128,
-                    "ecle_repeats": 2,
+                    "ecle_batch_size": preset["ecle_batch_size"],
+                    "ecle_repeats": preset["ecle_repeats"],
                     "batch_size": args.batch_size,
                     "num_actors": args.actors,
                     "min_actors": args.actors,

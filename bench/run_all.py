@@ -19,6 +19,7 @@ FULL = [
     ["bench.bench_augment"],
     ["bench.bench_train"],
     ["bench.bench_score", "--full"],
+    ["bench.bench_score", "--full", "--model", "default"],
 ]
 QUICK = [
     ["bench.bench_kcenter", "--small"],
@@ -28,6 +29,12 @@ QUICK = [
     ["bench.bench_train", "--images", "256", "--epochs", "3"],
     ["bench.bench_score"],
 ]
+
+
+def _stem(cmd: list[str]) -> str:
+    """Output file name: the module, plus the options that tell two runs of it apart (not ``--full``)."""
+    extra = [a.lstrip("-") for a in cmd[1:] if a not in ("--full", "--small")]
+    return "-".join([cmd[0].split(".")[-1], *extra])
 
 
 def main() -> int:
@@ -47,7 +54,7 @@ def main() -> int:
         text = proc.stdout + (proc.stderr if proc.returncode else "")
         print(text, flush=True)
         print(f"== {module}: exit {proc.returncode} in {time.perf_counter() - t0:.1f} s", flush=True)
-        (out_dir / f"{module.split('.')[-1]}.txt").write_text(text)
+        (out_dir / f"{_stem(cmd)}.txt").write_text(text)
         failed += proc.returncode != 0
     return 1 if failed else 0
 
