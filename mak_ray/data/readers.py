@@ -173,26 +173,43 @@ def iter_parquet_ids(uri: str, data: DataSection, row_groups: list[int] | None =
     be read yields what it could (the image reader reports the failure as a row)."""
     try:
         fs, path = storage.filesystem(uri)
-        pf = pq.ParquetFile(fs.open_input_file(path))
-        if data.id_column not in pf.schema_arrow.names:
-            return
-        for batch in pf.iter_batches(batch_size=65536, columns=[data.id_column], row_groups=row_groups):
-            for v in batch.column(0).to_pylist():
-                rid = parquet_row_id(v)
-                if rid is not None:
-                    yield rid
+        with fs.open_input_file(path) as f:
+            pf = pq.ParquetFile(f)
+            if data.id_column not in pf.schema_arrow.names:
+                return
+            for batch in pf.iter_batches(batch_size=65536, columns=[data.id_column], row_groups=row_groups):
+                for v in batch.column(0).to_pylist():
+                    rid = parquet_row_id(v)
+                    if rid is not None:
+                        yield rid
     except Exception as exc:  # noqa: BLE001
         log.debug("%s: id column not readable (%s)", uri, type(exc).__name__)
 
 
+def _open_failure(exc: Exception) -> str:
+    return "corrupt_parquet" if isinstance(exc, pa.ArrowInvalid) else read_error(exc)
+
+
 def _iter_parquet(uri: str, data: DataSection, row_groups: list[int] | None = None) -> Iterator[Record]:
+    """The file's rows; its handle is closed when they are all read or the reader stops early."""
     fs, path = storage.filesystem(uri)
     try:
-        pf = pq.ParquetFile(fs.open_input_file(path))
+        f = fs.open_input_file(path)
+    except Exception as exc:  # noqa: BLE001
+        yield Record(safe_text(uri), None, None, _open_failure(exc))
+        return
+    with f:
+        yield from _parquet_rows(uri, f, data, row_groups)
+
+
+def _parquet_rows(
+    uri: str, f: pa.NativeFile, data: DataSection, row_groups: list[int] | None
+) -> Iterator[Record]:
+    try:
+        pf = pq.ParquetFile(f)
         names = set(pf.schema_arrow.names)
     except Exception as exc:  # noqa: BLE001
-        reason = "corrupt_parquet" if isinstance(exc, (pa.ArrowInvalid,)) else read_error(exc)
-        yield Record(safe_text(uri), None, None, reason)
+        yield Record(safe_text(uri), None, None, _open_failure(exc))
         return
     for col in (data.id_column, data.image_column):
         if col not in names:
