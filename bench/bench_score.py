@@ -8,6 +8,11 @@ the pipeline (sampled), its growth during the pipeline (``driver +MiB``: the pea
 process did before, such as writing the next pool and the previous hand loop), and the actors' peak (their
 own getrusage) at N and 4N images must stay flat.
 
+The hand loop runs just before and just after the pipeline, and ``hand/s`` counts both runs (images over
+time): on this shared 2-CPU machine the speed drifts by 10-30% within minutes (measured 2026-12-01: one run's
+hand loop went from 8.0 to 10.5 images/s between its two sizes), and a single loop on one side of the
+pipeline turned such drift into the ratio. Both runs are printed.
+
 Two pipeline rates are printed:
 - ``e2e``: all images over the whole ``score_pool`` call, startup included.
 - ``steady``: all images over the time after ``startup`` (from the call until the first scoring actor has
@@ -20,7 +25,7 @@ so the e2e ratio approaches the steady one as N grows.
 Two models (``--model``):
 - ``default``: the model and scoring settings a config gets by default (ResNet-18 width 64, 128-d projection,
   R=10 views, ECLE over 10 batchings of 512 negatives), at 32 px. This is the work a user's job does per image,
-  so its ratio is the issue's figure. ~9 images/s on 2 CPUs: ``--full`` takes ~30 min.
+  so its ratio is the issue's figure. ~9 images/s on 2 CPUs: ``--full`` takes ~1 hour.
 - ``tiny`` (the default of this script, for quick runs): width 16, 64-d projection, R=4, ECLE 2 x 128. Its
   images cost ~40x less, so the fixed startup weighs far more: on 2 CPUs, 2,000 images stay below 0.9 (measured
   2026-12-01: 0.55-0.71). The hand loop takes ~7-10 s for them; two single-threaded actors need ~6.2 s of work;
@@ -31,8 +36,8 @@ The negative bank holds 512 samples in both (``score.bank_size`` changes no per-
 bank build).
 
     python -m bench.bench_score                 # tiny, 200 and 800 images (~1 min on a quiet 2-CPU machine)
-    python -m bench.bench_score --full          # tiny, 2,000 and 8,000 images (the issue's sizes; ~3 min here)
-    python -m bench.bench_score --full --model default   # the issue's sizes on the default model (~30 min)
+    python -m bench.bench_score --full          # tiny, 2,000 and 8,000 images (the issue's sizes; ~4 min here)
+    python -m bench.bench_score --full --model default   # the issue's sizes on the default model (~1 hour)
     python -m bench.bench_score --sizes 500 2000
 """
 
@@ -161,9 +166,16 @@ def main() -> None:
     ap.add_argument("--views", type=int, help="augmented views R (overrides the preset)")
     ap.add_argument("--actors", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument(
+        "--files-per-shard",
+        type=int,
+        help="the same for every size of a run, so a 4x pool is 4x the shards, as when a user's pool grows "
+        "(default: the smallest size / 8, at least 25; 250 with --full)",
+    )
     args = ap.parse_args()
     if args.full:
         args.sizes = [2000, 8000]
+    args.files_per_shard = args.files_per_shard or max(25, min(args.sizes) // 8)
     preset = PRESETS[args.model]()
     preset["width"] = args.width or preset["width"]
     preset["views"] = args.views or preset["views"]
@@ -200,10 +212,10 @@ def main() -> None:
         f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; model {args.model}: resnet18 "
         f"width {preset['width']}, projection {preset['proj_dim']}, {args.image_size}px, {preset['views']} views, "
         f"ECLE {preset['ecle_repeats']} x {preset['ecle_batch_size']} negatives (bank 512); {args.actors} actors, "
-        f"batch {args.batch_size}"
+        f"batch {args.batch_size}, {args.files_per_shard} files per shard"
     )
     print(
-        f"{'images':>7} {'e2e/s':>7} {'startup s':>9} {'steady/s':>8} {'hand/s':>7} {'ratio e2e':>9} "
+        f"{'images':>7} {'e2e/s':>7} {'startup s':>9} {'steady/s':>8} {'hand bef|aft/s':>15} {'hand/s':>7} {'ratio e2e':>9} "
         f"{'ratio steady':>12} {'driver peak MiB':>15} {'driver +MiB':>11} {'actor peak MiB':>14}"
     )
     for n in args.sizes:
@@ -213,7 +225,11 @@ def main() -> None:
         cfg = config_from_dict(
             {
                 "run": {"output_uri": out, "seed": 0},
-                "data": {"pool": pool, "image_size": args.image_size, "files_per_shard": max(25, n // 8)},
+                "data": {
+                    "pool": pool,
+                    "image_size": args.image_size,
+                    "files_per_shard": args.files_per_shard,
+                },
                 "score": {
                     "views": preset["views"],
                     "bank_size": 512,
@@ -229,15 +245,18 @@ def main() -> None:
         )
         shards = plan_from_config(pool, cfg.data)
         bank = load_or_compute_bank(cfg, model_uri, shards, out)  # built once, outside both timings
+        files = [f for s in shards for f in s.paths]
+        before = hand_loop(cfg, model_uri, bank, centroids, files)
         driver_before = current_rss()  # what this process already holds (the bench's own pools, hand loop)
         with RssSampler() as rss:
             summary = score_pool(cfg, model_uri, centroids, out)
         assert summary["inputs"] == n == summary["scored"]
-        files = [f for s in shards for f in s.paths]
-        hand = hand_loop(cfg, model_uri, bank, centroids, files)
+        after = hand_loop(cfg, model_uri, bank, centroids, files)
+        hand = 2 / (1 / before + 1 / after)  # both loops' images over both loops' time
         pipe, steady = summary["images_per_s"], summary["steady_images_per_s"]
         print(
-            f"{n:>7} {pipe:>7.1f} {summary['startup_seconds']:>9.1f} {steady:>8.1f} {hand:>7.1f} "
+            f"{n:>7} {pipe:>7.1f} {summary['startup_seconds']:>9.1f} {steady:>8.1f} "
+            f"{f'{before:.1f}|{after:.1f}':>15} {hand:>7.1f} "
             f"{pipe / hand:>9.2f} {steady / hand:>12.2f} {rss.peak / 2**20:>15.0f} "
             f"{(rss.peak - driver_before) / 2**20:>11.0f} "
             f"{summary['actor_max_rss_bytes'] / 2**20:>14.0f}",
