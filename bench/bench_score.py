@@ -27,7 +27,7 @@ Two models (``--model``):
   R=10 views, ECLE over 10 batchings of 512 negatives), at 32 px. This is the work a user's job does per image,
   so its ratio is the issue's figure. ~9 images/s on 2 CPUs: ``--full`` takes ~1 hour.
 - ``tiny`` (the default of this script, for quick runs): width 16, 64-d projection, R=4, ECLE 2 x 128. Its
-  images cost ~40x less, so the fixed startup weighs far more: on 2 CPUs, 2,000 images stay below 0.9 (measured
+  images cost ~20x less (hand loop ~200 vs ~9 images/s here), so the fixed startup weighs far more: on 2 CPUs, 2,000 images stay below 0.9 (measured
   2026-12-01: 0.55-0.71). The hand loop takes ~7-10 s for them; two single-threaded actors need ~6.2 s of work;
   0.9 leaves ~2-4 s for startup, while a fresh actor process spends ~2 s reaching the scorer (worker start,
   importing ray.data), ~2 s importing torch and ~2 s importing torchvision (its ops import torch._dynamo).
@@ -149,6 +149,7 @@ def _default() -> dict:
 
 
 PRESETS = {"tiny": _tiny, "default": _default}
+BANK_SIZE = 512  # both models; score.bank_size changes no per-image work, only the untimed bank build
 
 
 def main() -> None:
@@ -211,7 +212,7 @@ def main() -> None:
     print(
         f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; model {args.model}: resnet18 "
         f"width {preset['width']}, projection {preset['proj_dim']}, {args.image_size}px, {preset['views']} views, "
-        f"ECLE {preset['ecle_repeats']} x {preset['ecle_batch_size']} negatives (bank 512); {args.actors} actors, "
+        f"ECLE {preset['ecle_repeats']} x {preset['ecle_batch_size']} negatives (bank {BANK_SIZE}); {args.actors} actors, "
         f"batch {args.batch_size}, {args.files_per_shard} files per shard"
     )
     print(
@@ -232,7 +233,7 @@ def main() -> None:
                 },
                 "score": {
                     "views": preset["views"],
-                    "bank_size": 512,
+                    "bank_size": BANK_SIZE,
                     "ecle_batch_size": preset["ecle_batch_size"],
                     "ecle_repeats": preset["ecle_repeats"],
                     "batch_size": args.batch_size,

@@ -3,8 +3,9 @@
 File and tar ids are URIs and cannot repeat; Parquet inputs carry their own ids, and two files (or two
 row-group shards of one file) may share some. Within a shard the reader already fails the second and later
 rows of an id (``duplicate_id``). Across shards the rule is the same, in plan order: the first shard that
-holds an id keeps it, and every row of that id in a later shard is failed with ``duplicate_id``. So the score output holds at most one usable row per
-id, and selection, embedding look-ups and retraining never see an id twice.
+holds an id keeps it, and every row of that id in a later shard is failed with ``duplicate_id``. So the score
+output holds at most one usable row per id, and selection, embedding look-ups and retraining never see an id
+twice.
 
 Finding them is a two-level hash shuffle on Ray tasks that reads only the id columns: each shard task hashes
 its distinct ids to 128 bits and splits them into buckets; bucket ``b`` of every shard goes to reducer
