@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from bench import load1
-from mak_ray.select import ecle
+from mak_ray.mak import ecle
 
 
 def main() -> None:

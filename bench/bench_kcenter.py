@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from bench import load1
-from mak_ray.select.kcenter import greedy_k_center
+from mak_ray.kcenter.greedy import greedy_k_center
 
 
 def make_embeddings(

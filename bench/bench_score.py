@@ -9,35 +9,29 @@ process did before, such as writing the next pool and the previous hand loop), a
 own getrusage) at N and 4N images must stay flat.
 
 The hand loop runs just before and just after the pipeline, and ``hand/s`` counts both runs (images over
-time): on this shared 2-CPU machine the speed drifts by 10-30% within minutes (measured 2026-12-01: one run's
-hand loop went from 8.0 to 10.5 images/s between its two sizes), and a single loop on one side of the
-pipeline turned such drift into the ratio. Both runs are printed.
+time): on a shared machine the speed drifts within minutes, and a single loop on one side of the pipeline turns
+such drift into the ratio. Both runs are printed.
 
 Two pipeline rates are printed:
 - ``e2e``: all images over the whole ``score_pool`` call, startup included.
 - ``steady``: all images over the time after ``startup`` (from the call until the first scoring actor has
-  its model loaded: new worker processes, importing torch/torchvision, loading the model; ~8 s here).
-The issue's goal (>= 0.9) is on images/s, so the e2e ratio is the one that counts; the steady ratio shows
-the per-image efficiency once the actors are up. Startup is a fixed cost per job that the hand loop does not
-pay in its timing (torch is already imported in this process; its model load is timed and takes milliseconds),
-so the e2e ratio approaches the steady one as N grows.
+  its model loaded: new worker processes, importing torch/torchvision, loading the model).
+The goal is on images/s, so the e2e ratio is the one that counts; the steady ratio shows the per-image
+efficiency once the actors are up. Startup is a fixed cost per job that the hand loop does not pay in its
+timing (torch is already imported in this process), so the e2e ratio approaches the steady one as N grows.
 
 Two models (``--model``):
 - ``default``: the model and scoring settings a config gets by default (ResNet-18 width 64, 128-d projection,
-  R=10 views, ECLE over 10 batchings of 512 negatives), at 32 px. This is the work a user's job does per image,
-  so its ratio is the issue's figure. ~9 images/s on 2 CPUs: ``--full`` takes ~1 hour.
+  R=10 views, ECLE over 10 batchings of 512 negatives), at 32 px: the work a user's job does per image.
 - ``tiny`` (the default of this script, for quick runs): width 16, 64-d projection, R=4, ECLE 2 x 128. Its
-  images cost ~20x less (hand loop ~200 vs ~9 images/s here), so the fixed startup weighs far more: on 2 CPUs, 2,000 images stay below 0.9 (measured
-  2026-12-01: 0.55-0.71). The hand loop takes ~7-10 s for them; two single-threaded actors need ~6.2 s of work;
-  0.9 leaves ~2-4 s for startup, while a fresh actor process spends ~2 s reaching the scorer (worker start,
-  importing ray.data), ~2 s importing torch and ~2 s importing torchvision (its ops import torch._dynamo).
+  images cost far less, so the fixed startup weighs far more at small N.
 
 The negative bank holds 512 samples in both (``score.bank_size`` changes no per-image work, only the untimed
 bank build).
 
-    python -m bench.bench_score                 # tiny, 200 and 800 images (~1 min on a quiet 2-CPU machine)
-    python -m bench.bench_score --full          # tiny, 2,000 and 8,000 images (the issue's sizes; ~4 min here)
-    python -m bench.bench_score --full --model default   # the issue's sizes on the default model (~1 hour)
+    python -m bench.bench_score                 # tiny, 200 and 800 images
+    python -m bench.bench_score --full          # tiny, 2,000 and 8,000 images
+    python -m bench.bench_score --full --model default   # 2,000 and 8,000 images on the default model
     python -m bench.bench_score --sizes 500 2000
 """
 
@@ -83,7 +77,7 @@ class RssSampler:
 
 
 def make_pool(root: str, n: int, size: int, seed: int = 0) -> None:
-    from mak_ray.data.samples import good_image_bytes
+    from tests.samples import good_image_bytes
 
     rng = np.random.default_rng(seed)
     for i in range(n):
@@ -100,9 +94,8 @@ def hand_loop(cfg, model_uri: str, bank: np.ndarray, centroids: np.ndarray, file
     from mak_ray import storage
     from mak_ray.augment import clean_batch, seeded_views
     from mak_ray.data.decode import decode_image
+    from mak_ray.mak import ecle, proximity
     from mak_ray.models import load_model
-    from mak_ray.select.ecle import ecle
-    from mak_ray.select.proximity import proximity
 
     torch.set_num_threads(os.cpu_count() or 1)
     sc, size = cfg.score, cfg.data.image_size
@@ -189,6 +182,7 @@ def main() -> None:
     from mak_ray import storage
     from mak_ray.config import ModelSection, config_from_dict
     from mak_ray.data import plan_from_config
+    from mak_ray.layout import ShardedOutput
     from mak_ray.models import build_model, save_model
     from mak_ray.score import score_pool
     from mak_ray.score.bank import load_or_compute_bank
@@ -245,12 +239,13 @@ def main() -> None:
             }
         )
         shards = plan_from_config(pool, cfg.data)
-        bank = load_or_compute_bank(cfg, model_uri, shards, out)  # built once, outside both timings
+        sharded = ShardedOutput(out)
+        bank = load_or_compute_bank(cfg, model_uri, shards, sharded.file("bank.npy"))  # outside both timings
         files = [f for s in shards for f in s.paths]
         before = hand_loop(cfg, model_uri, bank, centroids, files)
         driver_before = current_rss()  # what this process already holds (the bench's own pools, hand loop)
         with RssSampler() as rss:
-            summary = score_pool(cfg, model_uri, centroids, out)
+            summary = score_pool(cfg, model_uri, centroids, sharded, sharded.file("bank.npy"))
         assert summary["inputs"] == n == summary["scored"]
         after = hand_loop(cfg, model_uri, bank, centroids, files)
         hand = 2 / (1 / before + 1 / after)  # both loops' images over both loops' time

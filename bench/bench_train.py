@@ -82,10 +82,12 @@ def ray_run(cfg: MakConfig, images: np.ndarray, store: str, name: str) -> list[t
     import ray
 
     from mak_ray import storage
+    from mak_ray.layout import TrainOutput
 
     ds = ray.data.from_numpy(images).rename_columns({"data": "image"})
-    train_simclr(cfg, cfg.pretrain, ds, os.path.join(store, name), name, num_rows=len(images))
-    hist = storage.read_json(os.path.join(store, name, "train_metrics.json"))["history"]
+    out = TrainOutput(os.path.join(store, name), name)
+    train_simclr(cfg, cfg.pretrain, ds, out, num_rows=len(images))
+    hist = storage.read_json(out.metrics)["history"]
     return [(h["steps"], h["epoch_time_s"]) for h in hist]
 
 

@@ -20,10 +20,10 @@ import numpy as np
 
 from bench import load1
 from bench.bench_kcenter import make_embeddings
-from mak_ray.select import greedy_k_center, two_stage_k_center
-from mak_ray.select._backend import Ops
-from mak_ray.select.kcenter import prepare_points, to_radius
-from mak_ray.select.nearest import nearest_init
+from mak_ray.kcenter import greedy_k_center, two_stage_k_center
+from mak_ray.kcenter._backend import Ops
+from mak_ray.kcenter.greedy import prepare_points, to_radius
+from mak_ray.kcenter.nearest import nearest_init
 
 
 def full_radius(x: np.ndarray, centers: np.ndarray) -> float:

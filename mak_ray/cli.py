@@ -11,17 +11,9 @@ import logging
 import sys
 
 from mak_ray.config import ConfigError, load_config
+from mak_ray.registry import STAGE_SPECS
 
-STAGE_HELP = {
-    "pretrain": "SimCLR pretraining on the target set (Ray Train)",
-    "embed-target": "embed the target set without augmentation and fit the K-means centroids",
-    "score": "stream the pool through Ray Data actors: ECLE, embedding, proximity to Parquet",
-    "select": "MAK selection and the configured baselines (random, tailness, proximity, kcenter)",
-    "retrain": "retrain SimCLR on the target plus each selection",
-    "evaluate": "linear probe and few-shot evaluation of each model",
-    "report": "HTML report with histograms, OOD shares, scatter plot, accuracy table and timings",
-    "pipeline": "run all stages in order, skipping those whose outputs are complete",
-}
+PIPELINE_HELP = "run all stages in order, skipping those whose outputs are complete"
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -37,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in STAGE_HELP.items():
-        _add_config_args(sub.add_parser(name, help=help_text, description=help_text))
+    for spec in STAGE_SPECS.values():
+        _add_config_args(sub.add_parser(spec.command, help=spec.help, description=spec.help))
+    _add_config_args(sub.add_parser("pipeline", help=PIPELINE_HELP, description=PIPELINE_HELP))
     demo = sub.add_parser("demo", help="build the Fashion-MNIST demo data, then run the pipeline on it")
     demo.add_argument("--preset", default="small", help="tiny (generated data), small (2 CPUs), medium, full")
     demo.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
@@ -58,10 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from mak_ray import pipeline
+    from mak_ray.demo.run import run_demo
 
     try:
         if args.command == "demo":
-            result = pipeline.run_demo(
+            result = run_demo(
                 preset=args.preset,
                 data_dir=args.data_dir,
                 data_out=args.data_out,
@@ -70,13 +64,15 @@ def main(argv: list[str] | None = None) -> int:
                 config_path=args.config,
                 overrides=args.overrides,
             )
+        elif args.command == "pipeline":
+            result = pipeline.run_pipeline(load_config(args.config, args.overrides))
         else:
             cfg = load_config(args.config, args.overrides)
             result = pipeline.run_stage(args.command.replace("-", "_"), cfg)
     except ConfigError as e:
         print(f"mak-ray: configuration error: {e}", file=sys.stderr)
         return 2
-    except (pipeline.StageNotBuilt, FileNotFoundError) as e:
+    except FileNotFoundError as e:
         print(f"mak-ray: {e}", file=sys.stderr)
         return 3
     if result is not None:

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
+from mak_ray.registry import METHODS
+
 
 class ConfigError(ValueError):
     """A configuration value is unknown, mistyped or out of range; ``field`` is the dotted name."""
@@ -161,12 +163,10 @@ class MakConfig:
 
     def check(self) -> None:
         """Cross-field rules that single-field ranges cannot express."""
-        known = {"mak", "random", "tailness", "proximity", "kcenter"}
+        known = METHODS
         for i, m in enumerate(self.select.methods):
             if m not in known:
-                raise ConfigError(
-                    f"select.methods[{i}]", f"unknown method {m!r}; choose from {sorted(known)}"
-                )
+                raise ConfigError(f"select.methods[{i}]", f"unknown method {m!r}; choose from {list(known)}")
         if self.evaluate.few_threshold > self.evaluate.many_threshold:
             raise ConfigError("evaluate.few_threshold", "must not exceed evaluate.many_threshold")
         if self.score.num_actors and self.score.min_actors > self.score.num_actors:

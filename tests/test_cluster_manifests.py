@@ -29,6 +29,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 jsonschema = pytest.importorskip("jsonschema")
 
+from mak_ray.registry import STAGES as REGISTRY_STAGES  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "kuberay-crds"
 CLUSTER = REPO / "cluster"
@@ -36,7 +38,7 @@ KUBERAY = CLUSTER / "kuberay"
 DOCKERFILE = CLUSTER / "Dockerfile"
 LAUNCHER = CLUSTER / "aws" / "autoscaler.yaml"
 RUNTIME_ENV = CLUSTER / "runtime_env.yaml"
-STAGES = {"pretrain", "embed_target", "score", "select", "retrain", "evaluate", "report", "pipeline"}
+STAGES = {*REGISTRY_STAGES, "pipeline"}
 KUBERAY_KINDS = {"RayCluster", "RayJob"}
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

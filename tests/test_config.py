@@ -58,7 +58,7 @@ def test_bad_values_name_their_field(override, field, words):
 def test_actor_pool_bounds():
     """min_actors may not exceed an explicit num_actors; with num_actors=0 (sized from the cluster) it may
     be anything, and the pool is never smaller than it."""
-    from mak_ray.score.scorer import pool_size
+    from mak_ray.score.actors import pool_size
 
     with pytest.raises(ConfigError, match="must not exceed score.num_actors"):
         load_config(None, ["score.num_actors=2", "score.min_actors=3"])

@@ -14,7 +14,7 @@ from PIL import Image
 
 from mak_ray.config import DataSection
 from mak_ray.data import DUPLICATE_ID, decode_image, plan_shards, read_shard
-from mak_ray.data.samples import bad_inputs, encode, good_image_bytes, png_header_only
+from tests.samples import bad_inputs, encode, good_image_bytes, png_header_only
 
 SIZE = 16
 

@@ -22,6 +22,7 @@ from mak_ray.evaluate import (
     predict,
     write_results,
 )
+from mak_ray.layout import RunLayout
 
 FAST = EvalSection(lr=0.1, epochs=20, weight_decay=1e-4, batch_size=64, few_shot=0.1)
 
@@ -235,12 +236,18 @@ def test_markdown_table_compares_runs():
     assert lines[3].startswith("| random \\| full | 25.00 |")
 
 
-def _check_written(out_uri: str, res: dict) -> None:
-    back = storage.read_json(storage.join(out_uri, "metrics.json"))
+def _write(res: dict, run: str) -> RunLayout:
+    layout = RunLayout(run)
+    write_results(res, layout.metrics_json("demo"), layout.metrics_md("demo"), "demo")
+    return layout
+
+
+def _check_written(layout: RunLayout, res: dict) -> None:
+    back = storage.read_json(layout.metrics_json("demo"))
     assert back["name"] == "demo"
     assert back["full"]["top1"] == pytest.approx(res["full"]["top1"])
     assert back["groups"]["assignment"] == res["groups"]["assignment"]
-    md = storage.read_text(storage.join(out_uri, "metrics.md"))
+    md = storage.read_text(layout.metrics_md("demo"))
     assert "| full | " in md and "| few_shot | " in md
     assert f"{100 * res['full']['top1']:.2f}" in md
 
@@ -253,13 +260,13 @@ def small_results():
 
 
 def test_write_results_local(tmp_path, small_results):
-    out = str(tmp_path / "eval")
-    write_results(small_results, out, "demo")
-    _check_written(out, small_results)
+    _check_written(_write(small_results, str(tmp_path / "run")), small_results)
 
 
 def test_write_results_s3(s3_bucket, small_results):
-    out = f"{s3_bucket}/runs/demo/eval"
-    write_results(small_results, out, "demo")
-    _check_written(out, small_results)
-    assert storage.list_files(out) == [f"{out}/metrics.json", f"{out}/metrics.md"]
+    layout = _write(small_results, f"{s3_bucket}/runs/demo")
+    _check_written(layout, small_results)
+    assert storage.list_files(layout.evaluation("demo")) == [
+        layout.metrics_json("demo"),
+        layout.metrics_md("demo"),
+    ]

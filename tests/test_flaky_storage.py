@@ -1,4 +1,4 @@
-"""Flaky storage (issue 9): a proxy in front of moto fails ~25% of S3 requests with 500 InternalError,
+"""Flaky storage: a proxy in front of moto fails ~25% of S3 requests with 500 InternalError,
 503 SlowDown or a connection reset. Storage calls and the scoring stage retry with backoff and give the
 same results as without faults.
 """
@@ -242,20 +242,21 @@ def seed_score_inputs(root: str, pool: str) -> list[str]:
     import torch
 
     from mak_ray.config import load_config
+    from mak_ray.layout import RunLayout, mark_done
     from mak_ray.models import build_model, save_model
-    from mak_ray.pipeline import mark_done
 
     overrides = [f"data.pool={pool}", f"run.output_uri={root}", "score.num_actors=1"]
     cfg = load_config(str(REPO / "configs" / "tiny.yaml"), overrides)
+    layout = RunLayout(root)
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    save_model(model, cfg.model, f"{root}/pretrain/model.pt")
-    mark_done(f"{root}/pretrain")
+    save_model(model, cfg.model, layout.pretrain.model)
+    mark_done(layout.stage_dir("pretrain"))
     centroids = (
         np.random.default_rng(0).standard_normal((cfg.score.centroids, model.feature_dim)).astype(np.float32)
     )
-    storage.write_npy(f"{root}/embed/target/centroids.npy", centroids)
-    mark_done(f"{root}/embed/target")
+    storage.write_npy(layout.centroids, centroids)
+    mark_done(layout.stage_dir("embed_target"))
     return overrides
 
 
@@ -328,7 +329,7 @@ def test_forbidden_object_is_a_failed_row_not_a_retry_loop(proxy: FaultProxy, s3
 
     from mak_ray.config import DataSection
     from mak_ray.data import plan_shards, read_shard
-    from mak_ray.data.samples import good_image_bytes
+    from tests.samples import good_image_bytes
 
     rng = np.random.default_rng(0)
     for name in ("a.png", "secret.png", "c.png"):

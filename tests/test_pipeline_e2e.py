@@ -10,7 +10,10 @@ import pytest
 from mak_ray import storage
 from mak_ray.config import load_config
 from mak_ray.demo.make import make_demo_data
-from mak_ray.pipeline import STAGES, run_pipeline, run_stage
+from mak_ray.layout import RunLayout, done
+from mak_ray.pipeline import run_pipeline, run_stage
+from mak_ray.registry import STAGES, TARGET_ONLY
+from mak_ray.select.output import read_selection_ids
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -29,7 +32,7 @@ def tiny_run(tmp_path_factory, ray_session):
             f"data.eval_test={p['eval_test']}",
             f"run.output_uri={root / 'run'}",
             # three methods keep the suite short; tailness and proximity go through the same code, and
-            # tests/test_selection_stage.py checks all five against the in-memory selectors
+            # tests/test_selection_stage.py checks all five against the in-memory selector
             "select.methods=[mak, random, kcenter]",
         ],
     )
@@ -39,50 +42,52 @@ def tiny_run(tmp_path_factory, ray_session):
 
 def test_every_stage_completes(tiny_run):
     cfg, info, report = tiny_run
-    out = cfg.run.output_uri
-    for d in ("pretrain", "embed/target", "score", "select", "retrain", "evaluate", "report"):
-        assert storage.exists(storage.join(out, d, "_SUCCESS")), d
+    layout = RunLayout(cfg.run.output_uri)
+    for stage in STAGES:
+        assert done(layout.stage_dir(stage)), stage
     assert storage.read_text(report).lstrip().lower().startswith("<!doctype html")
-    timings = storage.read_json(storage.join(out, "timings.json"))["stages"]
+    timings = storage.read_json(layout.timings)["stages"]
     assert set(timings) == set(STAGES)
 
 
 def test_accounting_and_selections(tiny_run):
     cfg, info, _ = tiny_run
-    out = cfg.run.output_uri
-    summary = storage.read_json(storage.join(out, "summary.json"))
+    layout = RunLayout(cfg.run.output_uri)
+    summary = storage.read_json(layout.summary)
     assert summary["inputs"] == info["sizes"]["pool"]
     assert summary["inputs"] == summary["scored"] + summary["failed"]
     for method in cfg.select.methods:
-        ids = storage.read_text(storage.join(out, "select", method, "selection.txt")).split()
+        ids = read_selection_ids(layout.selection(method))
         assert len(ids) == cfg.select.budget == len(set(ids)), method
-        table = storage.read_parquet(storage.join(out, "select", method, "selection.parquet"))
+        assert storage.read_text(layout.selection(method).text).split() == ids
+        table = storage.read_parquet(layout.selection(method).parquet)
         assert table.column("id").to_pylist() == ids
         assert table.column("order").to_pylist() == list(range(len(ids)))
         assert summary["selected"][method] == cfg.select.budget
-    scores = storage.read_parquet(storage.join(out, "score"), columns=["id", "error"])
+    scores = storage.read_parquet(layout.scores.root, columns=["id", "error"])
     usable = set(scores.filter(pc.is_null(scores["error"]))["id"].to_pylist())
-    mak = set(storage.read_text(storage.join(out, "select", "mak", "selection.txt")).split())
+    mak = set(read_selection_ids(layout.selection("mak")))
     assert mak <= usable
 
 
 def test_evaluation_for_every_model(tiny_run):
     cfg, _, _ = tiny_run
-    for name in ["target_only", *cfg.select.methods]:
-        metrics = storage.read_json(storage.join(cfg.run.output_uri, "evaluate", name, "metrics.json"))
+    for name in [TARGET_ONLY, *cfg.select.methods]:
+        metrics = storage.read_json(RunLayout(cfg.run.output_uri).metrics_json(name))
         for setting in ("full", "few_shot"):
             assert 0.0 <= metrics[setting]["top1"] <= 1.0
 
 
 def test_rerun_skips_completed_stages(tiny_run, caplog):
     cfg, _, _ = tiny_run
-    before = storage.read_json(storage.join(cfg.run.output_uri, "timings.json"))
+    layout = RunLayout(cfg.run.output_uri)
+    before = storage.read_json(layout.timings)
     caplog.set_level(logging.INFO, logger="mak_ray.pipeline")
     run_pipeline(cfg)
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(skipped) == len(STAGES)
-    assert storage.read_json(storage.join(cfg.run.output_uri, "timings.json")) == before
-    assert run_stage("select", cfg).endswith("select")
+    assert storage.read_json(layout.timings) == before
+    assert run_stage("select", cfg) == layout.stage_dir("select")
 
 
 # ------------------------------------------------------------------------------------------- faults
@@ -94,10 +99,10 @@ def _fork_run(tiny_run, root, overrides: list[str]):
     from pathlib import Path
 
     cfg, info, _ = tiny_run
-    src = Path(cfg.run.output_uri)
-    dst = Path(root) / "run"
-    for part in ("pretrain", "embed/target"):
-        shutil.copytree(src / part, dst / part)
+    src = RunLayout(cfg.run.output_uri)
+    dst = RunLayout(str(Path(root) / "run"))
+    for stage in ("pretrain", "embed_target"):
+        shutil.copytree(src.stage_dir(stage), dst.stage_dir(stage))
     p = info["paths"]
     return load_config(
         "configs/tiny.yaml",
@@ -106,7 +111,7 @@ def _fork_run(tiny_run, root, overrides: list[str]):
             f"data.pool={p['pool']}",
             f"data.eval_train={p['eval_train']}",
             f"data.eval_test={p['eval_test']}",
-            f"run.output_uri={dst}",
+            f"run.output_uri={dst.root}",
             "select.methods=[mak, random, kcenter]",
             *overrides,
         ],
@@ -115,7 +120,7 @@ def _fork_run(tiny_run, root, overrides: list[str]):
 
 def _score_table(cfg):
     t = storage.read_parquet(
-        storage.join(cfg.run.output_uri, "score"), columns=["id", "ecle", "proximity", "error"]
+        RunLayout(cfg.run.output_uri).scores.root, columns=["id", "ecle", "proximity", "error"]
     )
     return t.sort_by("id")
 
@@ -155,7 +160,7 @@ def test_scoring_actor_killed_mid_run_loses_and_duplicates_nothing(tiny_run, tmp
     cfg, _, _ = tiny_run
     cfg2 = _fork_run(tiny_run, tmp_path, ["score.batch_size=8", "score.num_actors=1"])
     killed: list[int] = []
-    score_dir = storage.join(cfg2.run.output_uri, "score")
+    score_dir = RunLayout(cfg2.run.output_uri).scores.root
 
     def killer():
         def first_parts():
@@ -164,7 +169,7 @@ def test_scoring_actor_killed_mid_run_loses_and_duplicates_nothing(tiny_run, tmp
             return any(Path(score_dir).glob("shard=*/part-*.parquet")) if Path(score_dir).exists() else False
 
         if _wait_for(first_parts, 240, 0.05):
-            for pid in _pids_matching("PoolScorer"):
+            for pid in _pids_matching("MapBatches(Scorer)"):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
@@ -208,7 +213,8 @@ def test_job_killed_mid_scoring_resumes_to_the_same_selection(tiny_run, tmp_path
     ray_tmp = tempfile.mkdtemp(prefix="mk-", dir="/tmp")
     env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_ADDRESS="")
     env.pop("RAY_ADDRESS")
-    markers = Path(cfg3.run.output_uri) / "score" / "_markers"
+    layout3 = RunLayout(cfg3.run.output_uri)
+    markers = Path(layout3.scores.markers_dir)
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs.score", "--config", "configs/tiny.yaml", *overrides],
         env=env,
@@ -216,7 +222,7 @@ def test_job_killed_mid_scoring_resumes_to_the_same_selection(tiny_run, tmp_path
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    bank = Path(cfg3.run.output_uri) / "score" / "bank.npy"
+    bank = Path(layout3.bank)
     try:
         # The bank is written just before the scoring stream starts: kill the whole job tree in that stream.
         seen = _wait_for(bank.exists, 300, 0.05)
@@ -227,14 +233,14 @@ def test_job_killed_mid_scoring_resumes_to_the_same_selection(tiny_run, tmp_path
         proc.wait(timeout=30)
         stop_cluster(ray_tmp)
     assert seen, "scoring never started before the time limit"
-    n_shards = len(list(Path(cfg.run.output_uri, "score", "_markers").iterdir()))
+    n_shards = len(list(Path(RunLayout(cfg.run.output_uri).scores.markers_dir).iterdir()))
     assert n_markers < n_shards, "the job finished before it was killed; nothing was interrupted"
-    assert not (Path(cfg3.run.output_uri) / "score" / "_SUCCESS").exists()
+    assert not done(layout3.stage_dir("score"))
     run_stage("score", cfg3)
     run_stage("select", cfg3)
     got = _score_table(cfg3)
     assert got.num_rows == len(set(got.column("id").to_pylist())) == _score_table(cfg).num_rows
     for method in cfg.select.methods:
-        a = storage.read_text(storage.join(cfg.run.output_uri, "select", method, "selection.txt"))
-        b = storage.read_text(storage.join(cfg3.run.output_uri, "select", method, "selection.txt"))
+        a = read_selection_ids(RunLayout(cfg.run.output_uri).selection(method))
+        b = read_selection_ids(layout3.selection(method))
         assert a == b, method

@@ -1,7 +1,7 @@
-"""The cluster path (issue 8) end to end: ``ray start --head`` a real local cluster, ``ray job submit`` the tiny
+"""The cluster path end to end: ``ray start --head`` a real local cluster, ``ray job submit`` the tiny
 pipeline with its inputs on the moto S3 endpoint, wait for SUCCEEDED, and check the outputs in S3.
 
-Also the security rules of issue 9 on that run: the job writes only under its output prefix, and the
+Also the security rules on that run: the job writes only under its output prefix, and the
 secret key appears in no output object and in no log (job logs, and every file of the cluster's log folder).
 
 The cluster gets its own short temp dir and free ports, and is stopped by the PIDs of its own processes
@@ -251,6 +251,8 @@ def test_pipeline_job_on_s3(
     from mak_ray import storage
     from mak_ray.config import load_config
     from mak_ray.demo.make import make_demo_data
+    from mak_ray.layout import RunLayout
+    from mak_ray.select.output import read_selection_ids
 
     local = tmp_path / "demo"
     info = make_demo_data(str(local), "tiny", synthetic=True)
@@ -282,16 +284,17 @@ def test_pipeline_job_on_s3(
     print(f"pipeline job {job_id} SUCCEEDED in {seconds:.0f} s")
 
     cfg = load_config(str(REPO / "configs" / "tiny.yaml"), overrides)
+    layout = RunLayout(out)
     for method in cfg.select.methods:
-        ids = storage.read_text(f"{out}/select/{method}/selection.txt").split()
+        ids = read_selection_ids(layout.selection(method))
         assert len(ids) == cfg.select.budget == len(set(ids)), method
-    summary = storage.read_json(f"{out}/summary.json")
+    summary = storage.read_json(layout.summary)
     assert summary["inputs"] == info["sizes"]["pool"]
     assert summary["inputs"] == summary["scored"] + summary["failed"]
     assert summary["selected"] == {m: cfg.select.budget for m in cfg.select.methods}
-    assert "<html" in storage.read_text(f"{out}/report/index.html").lower()
+    assert "<html" in storage.read_text(layout.report_file("index.html")).lower()
 
-    # security (issue 9), all rules checked before asserting so that one report shows every breach:
+    # security: all rules checked before asserting so that one report shows every breach:
     # the job wrote only under its output prefix (an empty "runs/" directory marker counts: with a bucket
     # policy scoped to the run's prefix that PUT is refused), left the inputs as they were, and the secret
     # key is in no output object, not in the job's logs and in no file of the cluster's temp dir.

@@ -12,10 +12,11 @@ import pytest
 from mak_ray import storage
 from mak_ray.cli import main as cli_main
 from mak_ray.config import ConfigError, load_config
-from mak_ray.data.samples import good_image_bytes
+from mak_ray.layout import RunLayout
 from mak_ray.models import build_model, load_model, save_model
 from mak_ray.pipeline import preflight, run_stage
 from mak_ray.score import embed_images
+from tests.samples import good_image_bytes
 
 EVIL_IDS = [
     "../../escape",
@@ -51,10 +52,10 @@ def test_hostile_ids_cannot_escape_the_output(tmp_path, ray_session):
     cfg = _tiny_cfg(tmp_path)
     model = str(tmp_path / "model.pt")
     save_model(build_model(cfg.model), cfg.model, model)
-    out = storage.join(cfg.run.output_uri, "embed", "x")
+    out = RunLayout(cfg.run.output_uri).eval_embeddings("x", "train")
     summary = embed_images(str(pool.parent), cfg, model, out)
     assert summary["inputs"] == summary["scored"] == len(EVIL_IDS)
-    table = storage.read_parquet(out, columns=["id", "error"])
+    table = storage.read_parquet(out.root, columns=["id", "error"])
     assert sorted(table.column("id").to_pylist()) == sorted(EVIL_IDS)
     root = tmp_path.resolve()
     written = [p for p in root.rglob("*") if p.is_file()]
@@ -130,5 +131,6 @@ def test_missing_input_refused_before_work(tmp_path, capsys):
 
 def test_report_stage_runs_alone_on_an_empty_run(tmp_path):
     cfg = _tiny_cfg(tmp_path)
-    path = run_stage("report", cfg)
+    assert run_stage("report", cfg) == RunLayout(cfg.run.output_uri).report_dir
+    path = RunLayout(cfg.run.output_uri).report_file("index.html")
     assert storage.read_text(path).lower().lstrip().startswith("<!doctype html")

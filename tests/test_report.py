@@ -14,7 +14,8 @@ import yaml
 
 from mak_ray import storage
 from mak_ray.evaluate.metrics import compute_metrics
-from mak_ray.evaluate.report import write_results
+from mak_ray.evaluate.results import write_results
+from mak_ray.layout import RunLayout
 from mak_ray.report import build_report
 from mak_ray.report.collect import RunData, tail_classes
 
@@ -68,8 +69,9 @@ def _metrics(correct_per_class: dict[str, int]) -> dict:
 
 def write_fake_run(run: str, *, with_eval: bool = True, with_timings: bool = True) -> dict[str, list[str]]:
     rng = np.random.default_rng(0)
+    layout = RunLayout(run)
     storage.write_text(
-        storage.join(run, "config.yaml"),
+        layout.config,
         yaml.safe_dump({"evaluate": {"many_threshold": 30, "few_threshold": 12}, "select": {"budget": 10}}),
     )
     # target embeddings: labels + one failed row that must not be counted
@@ -84,9 +86,9 @@ def write_fake_run(run: str, *, with_eval: bool = True, with_timings: bool = Tru
                 "error": [None] * (n_t - 1) + ["decode_error"],
             }
         ),
-        storage.join(run, "embed", "target", "part-0.parquet"),
+        layout.target_embeddings.part("0", "part-0.parquet"),
     )
-    storage.write_json(storage.join(run, "embed", "target", "summary.json"), {"rows": n_t})
+    storage.write_json(layout.target_embeddings.summary, {"rows": n_t})
     # pool scores in two shards, plus one failed row
     labels = _pool_labels()
     ids = list(labels)
@@ -108,11 +110,9 @@ def write_fake_run(run: str, *, with_eval: bool = True, with_timings: bool = Tru
             for k in ("ecle", "proximity"):
                 cols[k] = pa.concat_arrays([cols[k], pa.array([None], pa.float32())])
             cols["embedding"] = pa.concat_arrays([cols["embedding"], pa.array([None], emb_type)])
-        storage.write_parquet(pa.table(cols), storage.join(run, "score", f"shard={sid}", "part-0.parquet"))
-        storage.write_json(storage.join(run, "score", "_markers", f"{sid}.json"), {"shard": sid})
-    storage.write_json(
-        storage.join(run, "score", "summary.json"), {"inputs": 101, "scored": 100, "failed": 1}
-    )
+        storage.write_parquet(pa.table(cols), layout.scores.part(sid, "part-0.parquet"))
+        storage.write_json(layout.scores.marker(sid), {"shard": sid})
+    storage.write_json(layout.scores.summary, {"inputs": 101, "scored": 100, "failed": 1})
     # selections: mak = 1 OOD + 6 tail (c/d) + 3 head; random = 4 OOD + 1 tail + 5 head
     picks = {
         "mak": _ids_with(labels, ["c", "d", "ood-noise", "c", "d", "c", "a", "d", "b", "a"]),
@@ -121,12 +121,10 @@ def write_fake_run(run: str, *, with_eval: bool = True, with_timings: bool = Tru
         ),
     }
     for method, sel_ids in picks.items():
-        d = storage.join(run, "select", method)
-        storage.write_parquet(_selection(sel_ids, rng), storage.join(d, "selection.parquet"))
-        storage.write_text(storage.join(d, "selection.txt"), "\n".join(sel_ids) + "\n")
-        storage.write_json(
-            storage.join(d, "summary.json"), {"method": method, "budget": 10, "candidates": 100}
-        )
+        out = layout.selection(method)
+        storage.write_parquet(_selection(sel_ids, rng), out.parquet)
+        storage.write_text(out.text, "\n".join(sel_ids) + "\n")
+        storage.write_json(out.summary, {"method": method, "budget": 10, "candidates": 100})
     if with_eval:
         # target_only and mak complete; random lacks the few-shot setting (must show n/a, not fail)
         for model, full, few in (
@@ -137,15 +135,13 @@ def write_fake_run(run: str, *, with_eval: bool = True, with_timings: bool = Tru
             results = {"full": _metrics(full), "groups": {"assignment": GROUPS}}
             if few is not None:
                 results["few_shot"] = _metrics(few)
-            write_results(results, storage.join(run, "evaluate", model), model)
+            write_results(results, layout.metrics_json(model), layout.metrics_md(model), model)
     if with_timings:
         storage.write_json(
-            storage.join(run, "timings.json"),
+            layout.timings,
             {"stages": {"pretrain": 12.5, "embed_target": 1.0, "score": 7.25, "select": 0.5}},
         )
-    storage.write_json(
-        storage.join(run, "summary.json"), {"inputs": 101, "scored": 100, "selected": {"mak": 10}}
-    )
+    storage.write_json(layout.summary, {"inputs": 101, "scored": 100, "selected": {"mak": 10}})
     return picks
 
 
@@ -163,7 +159,7 @@ def test_report_of_complete_run(tmp_path: Path) -> None:
     run = str(tmp_path / "run")
     write_fake_run(run)
     index = build_report(run)
-    assert index == storage.join(run, "report", "index.html")
+    assert index == RunLayout(run).report_file("index.html")
     page = Path(index).read_text()
 
     # selection table: images, budget, OOD, OOD share, tail, tail share, not in pool
@@ -187,7 +183,7 @@ def test_report_of_complete_run(tmp_path: Path) -> None:
     blobs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(blobs) == 6
     assert all(base64.b64decode(b).startswith(PNG_MAGIC) for b in blobs)
-    report_dir = tmp_path / "run" / "report"
+    report_dir = Path(RunLayout(str(tmp_path / "run")).report_dir)
     for name in (
         "class_histograms.png",
         "ood_share.png",
@@ -251,7 +247,7 @@ def test_report_on_s3(s3_bucket: str) -> None:
     assert index == f"{s3_bucket}/runs/r1/report/index.html"
     page = storage.read_text(index)
     assert _cells(_row(page, "mak"))[3] == "10.0%"
-    assert storage.read_bytes(storage.join(run, "report", "ood_share.png")).startswith(PNG_MAGIC)
+    assert storage.read_bytes(RunLayout(run).report_file("ood_share.png")).startswith(PNG_MAGIC)
     assert (
-        storage.read_json(storage.join(run, "report", "report_data.json"))["selections"]["random"]["ood"] == 4
+        storage.read_json(RunLayout(run).report_file("report_data.json"))["selections"]["random"]["ood"] == 4
     )

@@ -17,15 +17,30 @@ import torch
 
 from mak_ray import storage
 from mak_ray.config import ModelSection, config_from_dict
-from mak_ray.data.samples import bad_inputs, good_image_bytes
+from mak_ray.layout import ShardedOutput
 from mak_ray.models import build_model, save_model
 from mak_ray.score import (
-    embed_images,
+    embed_images as _embed_images,
+)
+from mak_ray.score import (
     iter_score_columns,
     load_embeddings,
     load_valid_embeddings,
-    score_pool,
 )
+from mak_ray.score import (
+    score_pool as _score_pool,
+)
+from tests.samples import bad_inputs, good_image_bytes
+
+
+def score_pool(cfg, model_uri: str, centroids, out: str) -> dict:
+    """The engine on a bare output folder, with the bank beside the shards as a run keeps it."""
+    return _score_pool(cfg, model_uri, centroids, ShardedOutput(out), ShardedOutput(out).file("bank.npy"))
+
+
+def embed_images(src: str, cfg, model_uri: str, out: str) -> dict:
+    return _embed_images(src, cfg, model_uri, ShardedOutput(out))
+
 
 N_GOOD = 96
 BAD = bad_inputs()
@@ -110,9 +125,9 @@ def test_local_folder_scores_every_input_and_resumes(ray_session, pool_dir, mode
     assert t.schema.field("ecle").type == pa.float32()
     assert set(t["label"].to_pylist()) == {"class0", "class1", "class2", "bad"}
     assert len(set(t["id"].to_pylist())) == t.num_rows
-    bank = np.load(os.path.join(out, "bank.npy"))
+    bank = np.load(ShardedOutput(out).file("bank.npy"))
     assert bank.shape == (3, 32, 16) and np.allclose(np.linalg.norm(bank, axis=2), 1, atol=1e-5)
-    markers = sorted(os.listdir(os.path.join(out, "_markers")))
+    markers = sorted(os.listdir(ShardedOutput(out).markers_dir))
     assert len(markers) == summary["shards"] == -(-(N_GOOD + len(BAD)) // 16)
 
     # streaming readers: only the asked columns, only the asked rows
@@ -128,11 +143,10 @@ def test_local_folder_scores_every_input_and_resumes(ray_session, pool_dir, mode
 
     # interrupted run: one shard lost its marker and holds a stray partial file
     victim = markers[2][: -len(".json")]
-    os.remove(os.path.join(out, "_markers", markers[2]))
-    part = sorted(os.listdir(os.path.join(out, f"shard={victim}")))[0]
-    shutil.copy(
-        os.path.join(out, f"shard={victim}", part), os.path.join(out, f"shard={victim}", "part-stray.parquet")
-    )
+    os.remove(os.path.join(ShardedOutput(out).markers_dir, markers[2]))
+    sh = ShardedOutput(out)
+    part = sorted(os.listdir(sh.shard_dir(victim)))[0]
+    shutil.copy(sh.part(victim, part), sh.part(victim, "part-stray.parquet"))
     again = score_pool(cfg, model_uri, centroids, out)
     assert again["rows_this_run"] == 16
     assert {k: again[k] for k in ("inputs", "scored", "failed", "failed_by_reason")} == {
@@ -156,7 +170,7 @@ def test_scores_do_not_depend_on_actor_count_or_batch_size(
         outs.append(out)
     a, b = table(outs[0]), table(outs[1])
     assert np.array_equal(
-        np.load(os.path.join(outs[0], "bank.npy")), np.load(os.path.join(outs[1], "bank.npy"))
+        np.load(ShardedOutput(outs[0]).file("bank.npy")), np.load(ShardedOutput(outs[1]).file("bank.npy"))
     )
     assert a["id"].equals(b["id"]) and a["error"].equals(b["error"])
     for col in ("ecle", "proximity"):
@@ -197,7 +211,7 @@ def test_s3_prefix_with_a_deleted_object(ray_session, s3_bucket, pool_dir, model
     t = table(out)
     check_accounting(summary, t, len(keys) - 1, BAD_REASONS)
     assert all(i.startswith(f"{s3_bucket}/pool/") for i in t["id"].to_pylist())
-    assert storage.exists(f"{out}/bank.npy") and storage.exists(f"{out}/summary.json")
+    assert storage.exists(ShardedOutput(out).file("bank.npy")) and storage.exists(ShardedOutput(out).summary)
 
 
 def _tar_pool(root, rng) -> tuple[int, collections.Counter]:
@@ -296,7 +310,7 @@ def test_parquet_ids_repeated_across_files_are_scored_once(ray_session, model_ur
     assert load_embeddings(out, list("abcdefg")).shape == (7, 64)
 
     # a rerun of the unfinished shard fails the same rows (the owner map spans all planned shards)
-    storage.delete(f"{out}/_markers/{shards[2].shard_id}.json")
+    storage.delete(ShardedOutput(out).marker(shards[2].shard_id))
     again = score_pool(cfg, model_uri, centroids, out)
     assert again["rows_this_run"] == 4
     check_accounting(again, table(out), 12, collections.Counter({"duplicate_id": 5}))

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mak_ray.select import default_per_shard_k, greedy_k_center, grouped, nearest, two_stage_k_center
-from mak_ray.select import kcenter as kc
+from mak_ray.kcenter import default_per_shard_k, greedy_k_center, grouped, nearest, two_stage_k_center
+from mak_ray.kcenter import greedy as kc
 
 
 def ref_dist_matrix(a: np.ndarray, c: np.ndarray, metric: str) -> np.ndarray:
@@ -268,7 +268,7 @@ def test_two_stage_refinement_converges_to_single_stage_picks(with_init):
 
 
 def test_two_stage_stops_after_max_rounds_with_best_round(monkeypatch):
-    from mak_ray.select import two_stage
+    from mak_ray.kcenter import two_stage
 
     x = clustered(3000, 5)
     monkeypatch.setattr(two_stage, "MAX_ROUNDS", 1)

@@ -7,22 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mak_ray.select import (
-    ScoreStats,
-    TopN,
-    ZStats,
-    ecle,
-    fit_centroids,
-    mak_score,
-    proximity,
-)
-from mak_ray.select.ecle import (
+from mak_ray.mak import ScoreStats, ZStats, ecle, fit_centroids, mak_score, proximity
+from mak_ray.mak.ecle import (
     bank_permutation,
     draw_negatives,
     keys_to_u64,
     sample_offsets,
     window_mask,
 )
+from mak_ray.select import TopN
 
 
 def unit(x: np.ndarray) -> np.ndarray:

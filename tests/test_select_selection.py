@@ -1,22 +1,17 @@
-"""select_mak and the ablation baselines behind one interface."""
+"""The selection methods behind one interface: each a ranking key, plus K-center for mak and kcenter."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from mak_ray.select import (
-    METHODS,
-    ScoreStats,
-    TopN,
-    core_size,
-    greedy_k_center,
-    mak_score,
-    select,
-    select_mak,
-)
+from mak_ray.kcenter import greedy_k_center
+from mak_ray.mak import ScoreStats, mak_score
+from mak_ray.registry import METHODS
+from mak_ray.select import TopN, core_size, ranking_key, select, top_positions, uniform_key
 
 
 @pytest.fixture
@@ -32,8 +27,8 @@ def pool():
     }
 
 
-def test_select_mak_is_kcenter_on_the_top_scored_core(pool):
-    sel = select_mak(k=20, **pool)
+def test_mak_is_kcenter_on_the_top_scored_core(pool):
+    sel = select("mak", k=20, **pool)
     score = mak_score(pool["ecle"], pool["proximity"])
     n_core = math.ceil(1.5 * 20)
     core = sorted(range(200), key=lambda i: (-score[i], i))[:n_core]
@@ -42,7 +37,7 @@ def test_select_mak_is_kcenter_on_the_top_scored_core(pool):
     assert sel.ids.tolist() == [f"img{core[p]:04d}" for p in picks]
     np.testing.assert_allclose(sel.scores, score[sel.index])
     np.testing.assert_allclose(sel.radii, radii)
-    assert np.array_equal(sel.index, select_mak(k=20, **pool).index)  # deterministic
+    assert np.array_equal(sel.index, select("mak", k=20, **pool).index)  # deterministic
 
 
 def test_streaming_core_with_global_stats_gives_the_same_picks(pool):
@@ -57,11 +52,11 @@ def test_streaming_core_with_global_stats_gives_the_same_picks(pool):
         )
     core = top.result()[0]
     sub = {k: (v[core] if k != "target_embeddings" else v) for k, v in pool.items()}
-    streamed = select_mak(k=20, stats=stats, **sub)
-    assert streamed.ids.tolist() == select_mak(k=20, **pool).ids.tolist()
+    streamed = select("mak", k=20, stats=stats, **sub)
+    assert streamed.ids.tolist() == select("mak", k=20, **pool).ids.tolist()
 
 
-def test_baselines_share_the_interface(pool):
+def test_every_method_shares_the_interface(pool):
     for method in METHODS:
         sel = select(method, k=15, seed=3, **pool)
         assert sel.method == method and len(sel.ids) == 15 and len(set(sel.index.tolist())) == 15
@@ -70,14 +65,48 @@ def test_baselines_share_the_interface(pool):
     assert select("proximity", k=5, **pool).index.tolist() == np.argsort(pool["proximity"])[:5].tolist()
     kc = select("kcenter", k=5, **pool)
     assert kc.index.tolist() == greedy_k_center(pool["embeddings"], 5, pool["target_embeddings"])[0].tolist()
+
+
+def test_random_is_a_seeded_hash_of_the_id(pool):
     r1, r2 = select("random", k=10, seed=1, **pool), select("random", k=10, seed=1, **pool)
     assert np.array_equal(r1.index, r2.index)
     assert not np.array_equal(r1.index, select("random", k=10, seed=2, **pool).index)
+    # the picks depend on the ids, not on their order or on which other rows are there
+    perm = np.random.default_rng(5).permutation(200)
+    shuffled = {k: (v[perm] if k != "target_embeddings" else v) for k, v in pool.items()}
+    assert set(select("random", k=10, seed=1, **shuffled).ids) == set(r1.ids)
+    half = {k: (v[:100] if k != "target_embeddings" else v) for k, v in pool.items()}
+    key = uniform_key(1, pool["ids"])
+    assert (
+        select("random", k=5, seed=1, **half).ids.tolist()
+        == pool["ids"][:100][np.argsort(-key[:100])[:5]].tolist()
+    )
+
+
+def test_uniform_key_is_uniform_and_takes_any_id():
+    ids = [f"s3://bucket/pool/{i}.jpg" for i in range(20000)] + ["", "é", "a\nb", "x" * 300]
+    key = uniform_key(7, ids)
+    assert key.shape == (len(ids),) and ((key >= 0) & (key < 1)).all()
+    assert abs(key[:20000].mean() - 0.5) < 0.01 and np.histogram(key[:20000], 10)[0].min() > 1800
+    assert len(np.unique(key)) == len(ids)
+    # Arrow input (the streaming stage's) and Python strings agree; a prefix of an id is a different id
+    assert np.array_equal(uniform_key(7, pa.array(ids)), key)
+    assert uniform_key(7, ["ab"])[0] != uniform_key(7, ["a"])[0] != uniform_key(7, ["a\x00"])[0]
 
 
 def test_ties_go_to_the_lower_position():
     sel = select("tailness", k=2, ecle=np.array([1.0, 3.0, 3.0, 3.0]))
     assert sel.index.tolist() == [1, 2]
+    assert top_positions(np.array([0.0, 2.0, 2.0, 1.0, 2.0]), 2).tolist() == [1, 2]
+    assert top_positions(np.zeros(4), 3).tolist() == [0, 1, 2]
+
+
+def test_ranking_keys():
+    e, p = np.array([1.0, 2.0]), np.array([0.3, 0.1])
+    assert ranking_key("tailness", ecle=e).tolist() == [1.0, 2.0]
+    assert ranking_key("proximity", proximity=p).tolist() == [-0.3, -0.1]
+    assert ranking_key("kcenter", n=3).tolist() == [0.0, 0.0, 0.0]
+    np.testing.assert_allclose(ranking_key("mak", ecle=e, proximity=p), mak_score(e, p))
 
 
 @pytest.mark.parametrize(

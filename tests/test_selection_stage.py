@@ -1,4 +1,4 @@
-"""The select stage streams the score output and must pick exactly what the in-memory selectors pick."""
+"""The select stage streams the score output and must pick exactly what the in-memory selector picks."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import pytest
 
 from mak_ray import storage
 from mak_ray.config import load_config
-from mak_ray.select import ScoreStats, select
-from mak_ray.selection_stage import run_selection
+from mak_ray.layout import RunLayout
+from mak_ray.mak import ScoreStats
+from mak_ray.registry import METHODS
+from mak_ray.select import select
+from mak_ray.select.output import decode_line, read_selection_ids
+from mak_ray.stages.select import pool_stats, select_method
 
 
 def _emb_array(emb: np.ndarray) -> pa.Array:
@@ -28,6 +32,7 @@ def fake_run(tmp_path):
     for bad in (7, 300, 599):
         error[bad] = "corrupt"
     run = str(tmp_path / "run")
+    layout = RunLayout(run)
     for s, rows in enumerate(np.array_split(np.arange(n), 3)):  # three shards, as the scorer writes them
         table = pa.table(
             {
@@ -40,7 +45,7 @@ def fake_run(tmp_path):
                 "shard": pa.array([f"s{s}"] * len(rows)),
             }
         )
-        storage.write_parquet(table, storage.join(run, "score", f"shard=s{s}", "part-0.parquet"))
+        storage.write_parquet(table, layout.scores.part(f"s{s}", "part-0.parquet"))
     target = rng.normal(size=(50, d)).astype(np.float16)
     storage.write_parquet(
         pa.table(
@@ -51,19 +56,23 @@ def fake_run(tmp_path):
                 "error": pa.array([None] * 50, pa.string()),
             }
         ),
-        storage.join(run, "embed", "target", "part-0.parquet"),
+        layout.target_embeddings.part("t", "part-0.parquet"),
     )
     ok = np.array([e is None for e in error])
     cfg = load_config(None, [f"run.output_uri={run}", "select.budget=40"])
     return cfg, np.array(ids)[ok], ecle[ok], prox[ok], emb[ok].astype(np.float32), target.astype(np.float32)
 
 
-@pytest.mark.parametrize("method", ["mak", "kcenter", "tailness", "proximity"])
+def _run(cfg, method: str) -> tuple[dict, list[str]]:
+    layout = RunLayout(cfg.run.output_uri)
+    summary = select_method(cfg, layout, method, pool_stats(layout.scores.root))
+    return summary, read_selection_ids(layout.selection(method))
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_streamed_selection_equals_in_memory(fake_run, method):
     cfg, ids, ecle, prox, emb, target = fake_run
-    out = storage.join(cfg.run.output_uri, "select", method)
-    summary = run_selection(cfg, method, out)
-    got = storage.read_text(storage.join(out, "selection.txt")).split()
+    summary, got = _run(cfg, method)
     stats = ScoreStats.empty().update(ecle, prox)
     want = select(
         method,
@@ -76,32 +85,27 @@ def test_streamed_selection_equals_in_memory(fake_run, method):
         stats=stats,
         loss_weight=0.5,
         core_ratio=1.5,
+        seed=cfg.run.seed,
     )
     assert got == [str(i) for i in want.ids]
-    assert summary["usable_pool"] == 597
-    table = storage.read_parquet(storage.join(out, "selection.parquet"))
+    assert summary["usable_pool"] == 597 and summary["selected"] == 40
+    out = RunLayout(cfg.run.output_uri).selection(method)
+    table = storage.read_parquet(out.parquet)
     assert table.column("id").to_pylist() == got and table.column("order").to_pylist() == list(range(40))
+    assert [decode_line(x) for x in storage.read_text(out.text).splitlines()] == got
 
 
 def test_random_is_seeded_and_usable_only(fake_run):
     cfg, ids, *_ = fake_run
-    a = (
-        run_selection(cfg, "random", storage.join(cfg.run.output_uri, "a"))
-        and storage.read_text(storage.join(cfg.run.output_uri, "a", "selection.txt")).split()
-    )
-    b = (
-        run_selection(cfg, "random", storage.join(cfg.run.output_uri, "b"))
-        and storage.read_text(storage.join(cfg.run.output_uri, "b", "selection.txt")).split()
-    )
+    _, a = _run(cfg, "random")
+    _, b = _run(cfg, "random")
     assert a == b and len(set(a)) == 40 and set(a) <= set(ids.tolist())
 
 
 def test_two_stage_option(fake_run, ray_session):
     cfg, ids, *_ = fake_run
     cfg.select.kcenter_shards = 3
-    out = storage.join(cfg.run.output_uri, "select", "mak2")
-    summary = run_selection(cfg, "mak", out)
-    got = storage.read_text(storage.join(out, "selection.txt")).split()
+    summary, got = _run(cfg, "mak")
     assert len(set(got)) == 40 and set(got) <= set(ids.tolist())
     assert "two_stage" in summary
 
@@ -110,4 +114,4 @@ def test_budget_larger_than_usable_pool_is_refused(fake_run):
     cfg, *_ = fake_run
     cfg.select.budget = 598
     with pytest.raises(ValueError, match="larger than the usable pool"):
-        run_selection(cfg, "mak", storage.join(cfg.run.output_uri, "x"))
+        _run(cfg, "mak")

@@ -12,8 +12,10 @@ import torch
 
 from mak_ray import storage
 from mak_ray.config import MakConfig, config_from_dict
+from mak_ray.layout import TrainOutput
 from mak_ray.models import load_model, read_model_file
-from mak_ray.train.trainer import CrashOnce, train_simclr
+from mak_ray.train.trainer import train_simclr
+from tests.faults import CrashOnce, register
 
 SIZE = 16
 
@@ -46,8 +48,8 @@ def _easy(n: int = 64, seed: int = 0) -> np.ndarray:
     )
 
 
-def _history(storage_uri: str) -> list[dict]:
-    return storage.read_json(storage.join(storage_uri, "train_metrics.json"))["history"]
+def _history(out: TrainOutput) -> list[dict]:
+    return storage.read_json(out.metrics)["history"]
 
 
 def test_two_workers_on_s3_loss_is_finite_and_falls(ray_session, s3_bucket: str) -> None:
@@ -57,9 +59,10 @@ def test_two_workers_on_s3_loss_is_finite_and_falls(ray_session, s3_bucket: str)
     """
     cfg = _cfg(num_workers=2, batch_size=16, lr=2.0, epochs=8, checkpoint_every=4)
     store = f"{s3_bucket}/pretrain"
-    uri = train_simclr(cfg, cfg.pretrain, _dataset(_easy(130)), store, "two-workers")
-    assert uri == f"{store}/model.pt"
-    hist = _history(store)
+    out = TrainOutput(store, "two-workers")
+    uri = train_simclr(cfg, cfg.pretrain, _dataset(_easy(130)), out)
+    assert uri == out.model == f"{store}/model.pt"
+    hist = _history(out)
     assert [h["epoch"] for h in hist] == list(range(1, 9))
     # 130 rows over 2 workers -> 65 each -> 8 steps of 8 (the remainder is dropped)
     assert all(h["steps"] == 8 and math.isfinite(h["loss"]) and h["images_per_s"] > 0 for h in hist)
@@ -79,21 +82,22 @@ def test_two_workers_on_s3_loss_is_finite_and_falls(ray_session, s3_bucket: str)
 
 
 def test_killed_worker_and_rerun_resume_from_checkpoint(ray_session, tmp_path) -> None:
-    store = str(tmp_path / "store")
+    register()
+    out = TrainOutput(str(tmp_path / "store"), "resume")
     cfg = _cfg(epochs=2, max_failures=0)
     data = _dataset(_noise(24))
     # 1) the worker dies right after the epoch-1 checkpoint and no retries are allowed: the run fails
     with pytest.raises(ray.train.TrainingFailedError):
-        train_simclr(cfg, cfg.pretrain, data, store, "resume", crash=CrashOnce(1, str(tmp_path / "m1")))
+        train_simclr(cfg, cfg.pretrain, data, out, epoch_end=CrashOnce(1, str(tmp_path / "m1")))
     assert os.path.exists(tmp_path / "m1")
-    assert not storage.exists(storage.join(store, "model.pt"))
+    assert not storage.exists(out.model)
 
     # 2) rerun with the same name and one more epoch; it resumes at epoch 1, then the worker is killed again
     #    after epoch 2 and FailureConfig(max_failures=1) restarts it from that checkpoint
     cfg = _cfg(epochs=3, max_failures=1)
-    uri = train_simclr(cfg, cfg.pretrain, data, store, "resume", crash=CrashOnce(2, str(tmp_path / "m2")))
+    uri = train_simclr(cfg, cfg.pretrain, data, out, epoch_end=CrashOnce(2, str(tmp_path / "m2")))
     assert os.path.exists(tmp_path / "m2")
-    hist = _history(store)
+    hist = _history(out)
     assert [h["epoch"] for h in hist] == [1, 2, 3]
     assert [h["resumed_from_epoch"] for h in hist] == [0, 1, 2]
     assert read_model_file(uri)["extra"]["epoch"] == 3

@@ -49,7 +49,7 @@ def _with_last(it: Iterator[Record]) -> Iterator[tuple[Record, bool]]:
         prev = cur
 
 
-def _text(v: Any) -> str | None:
+def text_or_none(v: Any) -> str | None:
     """None for a missing value in any form Ray hands back (None, NaN), else the text."""
     if v is None or (isinstance(v, (float, np.floating)) and v != v):
         return None
@@ -71,7 +71,7 @@ def to_arrow(cols: dict[str, Any]) -> pa.Table:
         elif isinstance(v, np.ndarray) and v.dtype != object:
             arrays[name] = pa.array(v)
         else:
-            arrays[name] = pa.array([_text(x) for x in v], pa.string())
+            arrays[name] = pa.array([text_or_none(x) for x in v], pa.string())
     return pa.table(arrays)
 
 

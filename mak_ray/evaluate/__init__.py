@@ -4,7 +4,7 @@ from mak_ray.evaluate.fewshot import few_shot_subset, per_class_count
 from mak_ray.evaluate.groups import GROUPS, class_groups, group_of
 from mak_ray.evaluate.linear import LinearProbe, fit_linear, predict, predict_logits
 from mak_ray.evaluate.metrics import compute_metrics, per_class_accuracy
-from mak_ray.evaluate.report import (
+from mak_ray.evaluate.results import (
     Features,
     evaluate_features,
     features_from_table,

@@ -15,7 +15,6 @@ Definitions used in the report:
 from __future__ import annotations
 
 import logging
-import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +24,14 @@ import pyarrow.compute as pc
 import yaml
 
 from mak_ray import storage
+from mak_ray.layout import RunLayout
+from mak_ray.registry import METHODS, TARGET_ONLY
 
 log = logging.getLogger(__name__)
 
 OOD_PREFIX = "ood"
 UNLABELED = "(unlabeled)"
-METHOD_ORDER = ("mak", "random", "tailness", "proximity", "kcenter")
-MODEL_ORDER = ("target_only", "random", "mak", "tailness", "proximity", "kcenter")
+MODEL_ORDER = (TARGET_ONLY, *METHODS)
 SETTING_KEYS = {"full": ("full", "linear"), "few_shot": ("few_shot", "fewshot", "few-shot")}
 ACC_COLUMNS = ("overall", "many", "medium", "few", "group_std", "class_std")
 
@@ -46,7 +46,9 @@ def ordered(names: list[str], preferred: tuple[str, ...]) -> list[str]:
 
 
 @dataclass
-class Selection:
+class ReportedSelection:
+    """One method's picks with the pool's label, ECLE and proximity of each."""
+
     method: str
     ids: list[str]
     labels: list[str | None]  # pool label of each pick, None when the id is not in the scored pool
@@ -64,7 +66,7 @@ class RunData:
     target_counts: dict[str, int] | None = None
     pool: pa.Table | None = None  # id, label, ecle, proximity of the scored (error-free) rows
     pool_failed: int = 0
-    selections: dict[str, Selection] = field(default_factory=dict)
+    selections: dict[str, ReportedSelection] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     timings: dict[str, float] | None = None
     summary: dict[str, Any] | None = None
@@ -75,8 +77,7 @@ class RunData:
         log.info("report: missing %s", msg)
 
 
-def _try_json(data: RunData, what: str, *parts: str) -> Any:
-    uri = storage.join(data.run_uri, *parts)
+def _try_json(data: RunData, what: str, uri: str) -> Any:
     try:
         if not storage.exists(uri):
             data.note_missing(what, uri)
@@ -122,7 +123,7 @@ def label_counts(column: pa.ChunkedArray) -> dict[str, int]:
 
 
 def _read_target(data: RunData) -> None:
-    uri = storage.join(data.run_uri, "embed", "target")
+    uri = RunLayout(data.run_uri).target_embeddings.root
     try:
         table, _ = _ok_rows(_read_table(uri, ["label", "error"], ["label"]))
         data.target_counts = label_counts(table.column("label"))
@@ -131,7 +132,7 @@ def _read_target(data: RunData) -> None:
 
 
 def _read_pool(data: RunData) -> None:
-    uri = storage.join(data.run_uri, "score")
+    uri = RunLayout(data.run_uri).scores.root
     try:
         cols = ["id", "label", "ecle", "proximity", "error"]
         table = _read_table(uri, cols, ["id", "ecle", "proximity"])
@@ -153,21 +154,14 @@ def _read_pool(data: RunData) -> None:
 
 
 def _read_selections(data: RunData) -> None:
-    root = storage.join(data.run_uri, "select")
-    try:
-        files = [
-            u for u in storage.list_files(root, (".parquet",)) if posixpath.basename(u) == "selection.parquet"
-        ]
-    except FileNotFoundError as e:
-        data.note_missing("selections (select/<method>/selection.parquet)", root, e)
+    layout = RunLayout(data.run_uri)
+    found = {m: layout.selection(m) for m in METHODS if storage.exists(layout.selection(m).parquet)}
+    if not found:
+        data.note_missing("selections (select/<method>/selection.parquet)", layout.stage_dir("select"))
         return
-    if not files:
-        data.note_missing("selections (select/<method>/selection.parquet)", root)
-        return
-    by_method = {posixpath.basename(posixpath.dirname(u)): u for u in files}
     pool_lookup = data.pool.select(["id", "label", "ecle", "proximity"]) if data.pool is not None else None
-    for method in ordered(list(by_method), METHOD_ORDER):
-        uri = by_method[method]
+    for method, out in found.items():
+        uri = out.parquet
         try:
             sel = storage.read_parquet(uri)
             if "id" not in sel.column_names:
@@ -194,24 +188,19 @@ def _read_selections(data: RunData) -> None:
                 if col in sel.column_names and np.isnan(arr).any():
                     own = sel.column(col).to_numpy(zero_copy_only=False).astype(np.float32)
                     arr[np.isnan(arr)] = own[np.isnan(arr)]
-            summary_uri = storage.join(posixpath.dirname(uri), "summary.json")
-            summary = storage.read_json(summary_uri) if storage.exists(summary_uri) else {}
-            data.selections[method] = Selection(method, ids, labels, ecle, prox, summary)
+            summary = storage.read_json(out.summary) if storage.exists(out.summary) else {}
+            data.selections[method] = ReportedSelection(method, ids, labels, ecle, prox, summary)
         except Exception as e:
             data.note_missing(f"selection of {method}", uri, e)
 
 
 def _read_metrics(data: RunData) -> None:
-    root = storage.join(data.run_uri, "evaluate")
-    try:
-        files = [u for u in storage.list_files(root, (".json",)) if posixpath.basename(u) == "metrics.json"]
-    except FileNotFoundError as e:
-        data.note_missing("evaluation (evaluate/<model>/metrics.json)", root, e)
-        return
-    if not files:
-        data.note_missing("evaluation (evaluate/<model>/metrics.json)", root)
-    for uri in files:
-        model = posixpath.basename(posixpath.dirname(uri))
+    layout = RunLayout(data.run_uri)
+    models = [m for m in MODEL_ORDER if storage.exists(layout.metrics_json(m))]
+    if not models:
+        data.note_missing("evaluation (evaluate/<model>/metrics.json)", layout.stage_dir("evaluate"))
+    for model in models:
+        uri = layout.metrics_json(model)
         try:
             data.metrics[model] = storage.read_json(uri)
         except Exception as e:
@@ -270,7 +259,8 @@ def tail_classes(data: RunData) -> tuple[list[str], str]:
 def collect(run_uri: str) -> RunData:
     """Read everything the report shows; never raises for missing or unreadable parts."""
     data = RunData(run_uri=run_uri)
-    cfg_uri = storage.join(run_uri, "config.yaml")
+    layout = RunLayout(run_uri)
+    cfg_uri = layout.config
     try:
         if storage.exists(cfg_uri):
             data.config = yaml.safe_load(storage.read_text(cfg_uri)) or {}
@@ -282,10 +272,10 @@ def collect(run_uri: str) -> RunData:
     _read_pool(data)
     _read_selections(data)
     _read_metrics(data)
-    timings = _try_json(data, "stage timings", "timings.json")
+    timings = _try_json(data, "stage timings", layout.timings)
     if isinstance(timings, dict):
         stages = timings.get("stages", timings)
         data.timings = {str(k): float(v) for k, v in stages.items() if _num(v) is not None}
-    summary = _try_json(data, "run summary", "summary.json")
+    summary = _try_json(data, "run summary", layout.summary)
     data.summary = summary if isinstance(summary, dict) else None
     return data

@@ -1,6 +1,6 @@
 """The negative bank for ECLE: R seeded views' projections of a uniform random sample of the pool.
 
-Computed once per run with the same model and augmentations as scoring, written to ``{out}/bank.npy`` and
+Computed once per run with the same model and augmentations as scoring, written to the run's ``score/bank.npy`` and
 reused on rerun (so a resumed run scores against the same negatives), then shared with the actors through
 the object store.
 
@@ -25,7 +25,6 @@ from mak_ray.data import Shard, image_dataset, keep_rows
 log = logging.getLogger(__name__)
 
 BANK_SHARDS = 32
-BANK_FILE = "bank.npy"
 _CANDIDATES_PER_SHARD = 256
 
 
@@ -35,7 +34,7 @@ def _rng(seed: int) -> np.random.Generator:
 
 def _priority(seed: int, ids: list[str]) -> np.ndarray:
     """A per-id pseudo-random priority: the bank is the usable rows of lowest priority (a seeded uniform sample)."""
-    from mak_ray.select.ecle import keys_to_u64
+    from mak_ray.mak.ecle import keys_to_u64
 
     return keys_to_u64([f"{seed}:bank:{i}" for i in ids], len(ids))
 
@@ -73,7 +72,7 @@ def _candidate_shards(cfg: MakConfig, shards: list[Shard], want: int) -> tuple[l
 
 def compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard]) -> np.ndarray:
     """``[R, M, D]`` float32 unit projections, M = min(bank_size, usable sampled rows)."""
-    from mak_ray.score.scorer import ScorerParams, map_scorer
+    from mak_ray.score.actors import BankProjector, ScorerParams, map_actors
 
     sc = cfg.score
     want = int(math.ceil(sc.bank_size * 1.1)) + 16  # slack for rows that fail to decode
@@ -81,8 +80,8 @@ def compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard]) -> np.ndar
     ds = image_dataset(cand, cfg.data)
     if keep is not None:
         ds = keep_rows(ds, cfg.data, ids=sorted(keep))
-    ds = map_scorer(
-        ds, cfg, {"params": asdict(ScorerParams.from_config(cfg, model_uri, "bank"))}, shards=len(cand)
+    ds = map_actors(
+        ds, cfg, BankProjector, {"params": asdict(ScorerParams.from_config(cfg, model_uri))}, shards=len(cand)
     )
     ids: list[str] = []
     views: list[np.ndarray] = []
@@ -106,8 +105,8 @@ def compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard]) -> np.ndar
     return bank
 
 
-def load_or_compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard], out_uri: str) -> np.ndarray:
-    uri = storage.join(out_uri, BANK_FILE)
+def load_or_compute_bank(cfg: MakConfig, model_uri: str, shards: list[Shard], uri: str) -> np.ndarray:
+    """The bank stored at ``uri``, or a new one drawn, computed and written there."""
     if storage.exists(uri):
         bank = storage.read_npy(uri)
         if bank.ndim != 3 or bank.shape[0] != cfg.score.views:

@@ -1,6 +1,6 @@
 """Part files of the score/embed output: one Parquet file per (scorer call, shard), written by the actor.
 
-The scoring actor writes its own output (see ``PoolScorer(write=...)``): no separate write stage, so no
+The scoring actor writes its own output (see ``ModelActor(write=...)``): no separate write stage, so no
 third process competing for the CPUs, no object-store copy of the embeddings, and no cold write worker at
 the end of the run. Part names are a function of the rows they hold, so a retried call overwrites rather
 than adds. Each call returns one small accounting record per file for the driver.
@@ -17,15 +17,12 @@ import numpy as np
 import pyarrow as pa
 
 from mak_ray import storage
+from mak_ray.layout import ShardedOutput
 
 RECORD_COLUMNS = ("shard", "n", "failed", "total", "max_rss", "ready_at")
 
 
-def shard_dir(out_uri: str, sid: str) -> str:
-    return storage.join(out_uri, f"shard={sid}")
-
-
-def _table(cols: dict[str, np.ndarray], mode: str, emb_dtype: str) -> pa.Table:
+def _table(cols: dict[str, np.ndarray], emb_dtype: str) -> pa.Table:
     n = len(cols["id"])
     failed = np.array([e is not None for e in cols["error"]], dtype=bool)
     emb = np.asarray(cols["embedding"], dtype=emb_dtype)
@@ -33,7 +30,7 @@ def _table(cols: dict[str, np.ndarray], mode: str, emb_dtype: str) -> pa.Table:
     flat = pa.array(emb.reshape(-1), type=pa.from_numpy_dtype(np.dtype(emb_dtype)))
     embedding = pa.FixedSizeListArray.from_arrays(flat, dim, mask=pa.array(failed))
     arrays = {"id": pa.array([str(i) for i in cols["id"]], pa.string())}
-    if mode == "score":
+    if "ecle" in cols:  # a scorer's output; an embedder's has the embedding only
         arrays["ecle"] = pa.array(np.asarray(cols["ecle"], np.float32), pa.float32(), mask=failed)
         arrays["proximity"] = pa.array(np.asarray(cols["proximity"], np.float32), pa.float32(), mask=failed)
     arrays["embedding"] = embedding
@@ -45,12 +42,12 @@ def _table(cols: dict[str, np.ndarray], mode: str, emb_dtype: str) -> pa.Table:
 
 
 def write_parts(
-    cols: dict[str, Any], out_uri: str, mode: str, emb_dtype: str, ready_at: float = 0.0
+    cols: dict[str, Any], out: ShardedOutput, emb_dtype: str, ready_at: float = 0.0
 ) -> dict[str, np.ndarray]:
     """Write one part file per shard present in ``cols``; return one small accounting record per file.
 
     ``cols``: the scorer's output columns (``id``, ``shard``, ``row``, ``shard_rows``, ``label``, ``error``,
-    ``embedding``, and ``ecle``/``proximity`` in score mode). ``ready_at``: when the writing actor had its
+    ``embedding``, and ``ecle``/``proximity`` from a scorer). ``ready_at``: when the writing actor had its
     model loaded (epoch seconds), passed through so the driver can report startup apart from steady work.
     """
     cols = {k: v if isinstance(v, np.ndarray) else np.array(v, dtype=object) for k, v in cols.items()}
@@ -63,7 +60,7 @@ def write_parts(
         rows = np.asarray(part["row"], dtype=np.int64)
         digest = hashlib.sha1(rows.tobytes()).hexdigest()[:12]
         name = f"part-{int(rows[0]):09d}-{digest}.parquet"
-        storage.write_parquet(_table(part, mode, emb_dtype), storage.join(shard_dir(out_uri, sid), name))
+        storage.write_parquet(_table(part, emb_dtype), out.part(sid, name))
         reasons = collections.Counter(str(e) for e in part["error"] if e is not None)
         rec["shard"].append(sid)
         rec["n"].append(len(m))

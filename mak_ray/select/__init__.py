@@ -1,48 +1,25 @@
-"""MAK selection core: pure compute, no I/O.
+"""The selection library: each method's ranking key, the in-memory selector, and streaming top-N."""
 
-ECLE (tailness), proximity to the target, MAK scoring with mergeable
-statistics, exact pruned greedy K-center, sharded two-stage K-center on Ray,
-and the selection step with its ablation baselines.
-"""
-
-from .ecle import ecle
-from .kcenter import greedy_k_center
-from .proximity import fit_centroids, proximity
-from .scoring import mak_score
-from .selection import (
-    METHODS,
-    SELECTORS,
+from .methods import (
     Selection,
+    candidate_count,
+    check_method,
     core_size,
+    ranking_key,
     select,
-    select_kcenter,
-    select_mak,
-    select_proximity,
-    select_random,
-    select_tailness,
+    top_positions,
+    uniform_key,
 )
-from .two_stage import default_per_shard_k, two_stage_k_center
-from .zstats import ScoreStats, TopN, ZStats
+from .topn import TopN
 
 __all__ = [
-    "METHODS",
-    "SELECTORS",
-    "ScoreStats",
     "Selection",
     "TopN",
-    "ZStats",
+    "candidate_count",
+    "check_method",
     "core_size",
-    "default_per_shard_k",
-    "ecle",
-    "fit_centroids",
-    "greedy_k_center",
-    "mak_score",
-    "proximity",
+    "ranking_key",
     "select",
-    "select_kcenter",
-    "select_mak",
-    "select_proximity",
-    "select_random",
-    "select_tailness",
-    "two_stage_k_center",
+    "top_positions",
+    "uniform_key",
 ]

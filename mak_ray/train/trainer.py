@@ -1,8 +1,9 @@
 """SimCLR (pre/re)training on Ray Train's TorchTrainer, checkpointed to local or S3 storage, resumable.
 
-Layout under ``storage_uri``: Ray Train's run folder ``{storage_uri}/{run_name}/checkpoint_*`` (each holds
-``model.pt`` in the :mod:`mak_ray.models` file format and ``train_state.pt`` with optimiser, scheduler, epoch
-and metric history), plus the final ``{storage_uri}/model.pt`` and ``{storage_uri}/train_metrics.json``.
+Layout under a :class:`~mak_ray.layout.TrainOutput`'s root: Ray Train's run folder ``{root}/{run_name}/
+checkpoint_*`` (each holds ``model.pt`` in the :mod:`mak_ray.models` file format and ``train_state.pt`` with
+optimiser, scheduler, epoch and metric history), plus the final model and metric history at the paths the
+``TrainOutput`` names.
 
 Resumption: a worker restarted under ``FailureConfig(max_failures)`` and a rerun with the same ``run_name``
 both start from the latest checkpoint's epoch (Ray Train restores the run's checkpoint list from storage).
@@ -16,6 +17,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,25 +26,19 @@ import torch.distributed as dist
 
 from mak_ray import storage
 from mak_ray.config import MakConfig, ModelSection, TrainSection
+from mak_ray.layout import TrainOutput
 from mak_ray.models import build_model, model_state_bytes, read_model_file
 from mak_ray.train.loop import as_image_array, make_optimizer, train_step
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.pt"
+MODEL_FILE = "model.pt"  # inside a Ray Train checkpoint directory
 STATE_FILE = "train_state.pt"
-METRICS_FILE = "train_metrics.json"
 PROGRESS_LOG_S = 30.0
 SHUFFLE_BATCHES = 4  # per-worker shuffle buffer, in batches
 
-
-@dataclass
-class CrashOnce:
-    """Fault injection for tests and drills: the rank-0 worker hard-exits once, right after the checkpoint of
-    ``after_epoch`` (1-based), if the file ``marker`` does not exist yet (it is created first)."""
-
-    after_epoch: int
-    marker: str
+EpochHook = Callable[[int, int], None]
+"""Called on every worker after each epoch's report, with (world rank, epochs done)."""
 
 
 @dataclass
@@ -52,7 +48,6 @@ class _LoopConfig:
     image_size: int
     steps_per_epoch: int
     seed: int
-    crash: dict[str, Any] | None
     init_model: str | None = None
 
 
@@ -104,6 +99,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    epoch_end: EpochHook | None = config.pop("epoch_end", None)
     cfg = _LoopConfig(**config)
     section = TrainSection(**cfg.train)
     model_cfg = ModelSection(**cfg.model)
@@ -192,18 +188,8 @@ def _train_loop(config: dict[str, Any]) -> None:
                 ray.train.report(metrics)
         else:
             ray.train.report(metrics)
-        if (
-            cfg.crash
-            and rank == 0
-            and done == cfg.crash["after_epoch"]
-            and not os.path.exists(cfg.crash["marker"])
-        ):
-            open(cfg.crash["marker"], "w").close()
-            # Wait until the controller has registered the checkpoint just reported: a worker killed before
-            # that resumes from the checkpoint before it (the upload is done, the registration is not).
-            ray.train.get_all_reported_checkpoints()
-            log.warning("fault injection: worker exits after epoch %d", done)
-            os._exit(1)
+        if epoch_end is not None:
+            epoch_end(rank, done)
 
 
 def _run_config(section: TrainSection, storage_uri: str, run_name: str) -> Any:
@@ -227,18 +213,20 @@ def train_simclr(
     cfg: MakConfig,
     section: TrainSection,
     dataset: Any,
-    storage_uri: str,
-    run_name: str,
+    out: TrainOutput,
     *,
     num_rows: int | None = None,
-    crash: CrashOnce | None = None,
     init_model: str | None = None,
+    epoch_end: EpochHook | None = None,
 ) -> str:
     """Train SimCLR on ``dataset`` (a Ray Dataset with a uint8 ``image`` column) and return the final model URI.
 
     ``section`` is ``cfg.pretrain`` or ``cfg.retrain``; ``section.batch_size`` is the global batch, split evenly
     over ``section.num_workers``. ``num_rows`` (if known) saves a pass over the data to size the LR schedule.
+    ``init_model``: a model file to start from (a rerun of the same ``out.run_name`` resumes from its latest
+    checkpoint instead). ``epoch_end``: see :data:`EpochHook` (it travels to the workers pickled).
     """
+    storage_uri, run_name = out.root, out.run_name
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -262,7 +250,6 @@ def train_simclr(
         image_size=cfg.data.image_size,
         steps_per_epoch=steps_per_epoch,
         seed=cfg.run.seed,
-        crash=dataclasses.asdict(crash) if crash else None,
         init_model=init_model,
     )
     log.info(
@@ -278,7 +265,7 @@ def train_simclr(
     )
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config=dataclasses.asdict(loop_cfg),
+        train_loop_config={**dataclasses.asdict(loop_cfg), "epoch_end": epoch_end},
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers,
             use_gpu=section.use_gpu,
@@ -294,10 +281,7 @@ def train_simclr(
         with open(os.path.join(d, MODEL_FILE), "rb") as f:
             model_bytes = f.read()
         state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
-    final = storage.join(storage_uri, MODEL_FILE)
-    storage.write_bytes(final, model_bytes)
-    storage.write_json(
-        storage.join(storage_uri, METRICS_FILE), {"run_name": run_name, "history": state["history"]}
-    )
-    log.info("final model (epoch %d) -> %s", state["epoch"], final)
-    return final
+    storage.write_bytes(out.model, model_bytes)
+    storage.write_json(out.metrics, {"run_name": run_name, "history": state["history"]})
+    log.info("final model (epoch %d) -> %s", state["epoch"], out.model)
+    return out.model

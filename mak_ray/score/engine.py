@@ -36,57 +36,50 @@ from mak_ray import storage
 from mak_ray.config import MakConfig
 from mak_ray.data import Shard, image_dataset, plan_from_config
 from mak_ray.data.duplicates import cross_shard_owners
-from mak_ray.score.parts import shard_dir
-from mak_ray.score.scorer import ScorerParams, map_scorer
+from mak_ray.layout import ShardedOutput
+from mak_ray.score.actors import Embedder, ModelActor, Scorer, ScorerParams, map_actors
 
 log = logging.getLogger(__name__)
-
-MARKERS = "_markers"
-SUMMARY = "summary.json"
-
-
-def marker_uri(out_uri: str, sid: str) -> str:
-    return storage.join(out_uri, MARKERS, f"{sid}.json")
 
 
 # ------------------------------------------------------------------------------------------- resume
 
 
-def _prepare(out_uri: str, shards: list[Shard]) -> set[str]:
+def _prepare(out: ShardedOutput, shards: list[Shard]) -> set[str]:
     """Ids of finished shards; removes partial output of unfinished ones and output of shards not planned."""
     planned = {s.shard_id for s in shards}
     done: set[str] = set()
     present: set[str] = set()
-    if storage.exists(out_uri):
-        base = storage.filesystem(out_uri)[1]
-        for f in storage.list_files(out_uri):
+    if storage.exists(out.root):
+        base = storage.filesystem(out.root)[1]
+        for f in storage.list_files(out.root):
             rel = storage.filesystem(f)[1][len(base) + 1 :]
             top = rel.split("/", 1)[0]
-            if top == MARKERS and rel.endswith(".json"):
+            if top == out.MARKERS and rel.endswith(".json"):
                 done.add(posixpath.basename(rel)[: -len(".json")])
-            elif top.startswith("shard="):
-                present.add(top[len("shard=") :])
+            elif top.startswith(out.SHARD_PREFIX):
+                present.add(top[len(out.SHARD_PREFIX) :])
     stale = (done | present) - planned
     if stale:
         log.warning(
             "%s: %d shards in the output are not in the planned input (it changed); removing them",
-            out_uri,
+            out.root,
             len(stale),
         )
         for sid in stale:
-            storage.delete(shard_dir(out_uri, sid))
-            storage.delete(marker_uri(out_uri, sid))
+            storage.delete(out.shard_dir(sid))
+            storage.delete(out.marker(sid))
     done &= planned
     partial = (present & planned) - done
     for sid in sorted(partial):
         log.info("shard %s: removing partial output of an interrupted run", sid)
-        storage.delete(shard_dir(out_uri, sid))
+        storage.delete(out.shard_dir(sid))
     return done
 
 
-def _read_markers(out_uri: str, sids: list[str]) -> list[dict]:
+def _read_markers(out: ShardedOutput, sids: list[str]) -> list[dict]:
     with cf.ThreadPoolExecutor(16) as pool:
-        return list(pool.map(lambda s: storage.read_json(marker_uri(out_uri, s)), sids))
+        return list(pool.map(lambda s: storage.read_json(out.marker(s)), sids))
 
 
 # ------------------------------------------------------------------------------------------- engine
@@ -95,8 +88,8 @@ def _read_markers(out_uri: str, sids: list[str]) -> list[dict]:
 class _Progress:
     """Per-shard sums, markers when a shard completes, and a periodic rate/ETA log line."""
 
-    def __init__(self, out_uri: str, todo: list[Shard], log_every_s: float, what: str) -> None:
-        self.out_uri, self.what, self.log_every_s = out_uri, what, log_every_s
+    def __init__(self, out: ShardedOutput, todo: list[Shard], log_every_s: float, what: str) -> None:
+        self.out, self.what, self.log_every_s = out, what, log_every_s
         self.known = {s.shard_id: s.known_rows for s in todo}
         self.rows = collections.Counter()
         self.failed: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -133,7 +126,7 @@ class _Progress:
             "failed": failed,
             "scored": int(self.rows[sid] - sum(failed.values())),
         }
-        storage.write_json(marker_uri(self.out_uri, sid), m)
+        storage.write_json(self.out.marker(sid), m)
         self.finished[sid] = m
 
     def log_line(self, now: float) -> None:
@@ -166,25 +159,25 @@ class _Progress:
 
 
 def _run(
-    cfg: MakConfig, shards: list[Shard], params: ScorerParams, out_uri: str, bank=None, centroids=None
+    cfg: MakConfig,
+    shards: list[Shard],
+    actor: type[ModelActor],
+    ctor: dict,
+    out: ShardedOutput,
 ) -> dict:
-    import ray
-
+    """Read the unfinished ``shards`` through ``actor`` actors (constructed with ``ctor`` plus where to write),
+    mark each shard when its rows are all written, and write the summary."""
     t0, wall0 = time.monotonic(), time.time()
-    done = _prepare(out_uri, shards)
+    done = _prepare(out, shards)
     todo = [s for s in shards if s.shard_id not in done]
-    what = f"{params.mode} {out_uri}"
+    what = f"{actor.__name__.lower()} {out.root}"
     log.info("%s: %d shards, %d finished earlier, %d to do", what, len(shards), len(done), len(todo))
-    progress = _Progress(out_uri, todo, cfg.score.log_every_s, what)
+    progress = _Progress(out, todo, cfg.score.log_every_s, what)
     if todo:
-        ctor = {"params": asdict(params)}
-        if bank is not None:
-            ctor["bank"] = ray.put(np.ascontiguousarray(bank, dtype=np.float32))
-        if centroids is not None:
-            ctor["centroids"] = ray.put(np.ascontiguousarray(centroids, dtype=np.float32))
-        ctor["write"] = {"out_uri": out_uri}
+        ctor = {**ctor, "write": {"out_uri": out.root}}
         owners = cross_shard_owners(shards, cfg.data)  # over every planned shard: reruns fail the same rows
-        records = map_scorer(image_dataset(todo, cfg.data, owners=owners), cfg, ctor, shards=len(todo))
+        ds = image_dataset(todo, cfg.data, owners=owners)
+        records = map_actors(ds, cfg, actor, ctor, shards=len(todo))
         for batch in records.iter_batches(batch_size=None, batch_format="numpy"):
             for sid, n, failed, total, rss, ready in zip(
                 batch["shard"],
@@ -205,14 +198,14 @@ def _run(
                 )
             progress.finish(s.shard_id)
         progress.log_line(time.monotonic())
-    markers = list(progress.finished.values()) + _read_markers(out_uri, sorted(done))
+    markers = list(progress.finished.values()) + _read_markers(out, sorted(done))
     seconds = time.monotonic() - t0
     startup = progress.first_ready - wall0 if np.isfinite(progress.first_ready) else None
-    return _summarise(out_uri, markers, seconds, sum(progress.rows.values()), progress.actor_rss, startup)
+    return _summarise(out, markers, seconds, sum(progress.rows.values()), progress.actor_rss, startup)
 
 
 def _summarise(
-    out_uri: str,
+    out: ShardedOutput,
     markers: list[dict],
     seconds: float,
     rows_this_run: int,
@@ -230,7 +223,7 @@ def _summarise(
     failed = sum(by_reason.values())
     if inputs != scored + failed:
         raise RuntimeError(
-            f"accounting mismatch in {out_uri}: inputs {inputs} != scored {scored} + failed {failed}"
+            f"accounting mismatch in {out.root}: inputs {inputs} != scored {scored} + failed {failed}"
         )
     summary = {
         "inputs": inputs,
@@ -250,25 +243,34 @@ def _summarise(
         "driver_max_rss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
         "actor_max_rss_bytes": actor_rss,
     }
-    storage.write_json(storage.join(out_uri, SUMMARY), summary)
-    log.info("%s: %d inputs = %d scored + %d failed %s", out_uri, inputs, scored, failed, dict(by_reason))
+    storage.write_json(out.summary, summary)
+    log.info("%s: %d inputs = %d scored + %d failed %s", out.root, inputs, scored, failed, dict(by_reason))
     return summary
 
 
 # ------------------------------------------------------------------------------------------- entry points
 
 
-def score_pool(cfg: MakConfig, model_uri: str, centroids: np.ndarray, out_uri: str) -> dict:
-    """Score ``cfg.data.pool`` into ``out_uri`` (ECLE, proximity to ``centroids``, embeddings); resumable."""
+def score_pool(
+    cfg: MakConfig, model_uri: str, centroids: np.ndarray, out: ShardedOutput, bank_uri: str
+) -> dict:
+    """Score ``cfg.data.pool`` into ``out`` (ECLE, proximity to ``centroids``, embeddings); resumable. The
+    negative bank is read from ``bank_uri``, or drawn and written there first."""
+    import ray
+
     from mak_ray.score.bank import load_or_compute_bank
 
     shards = plan_from_config(cfg.data.pool, cfg.data)
-    bank = load_or_compute_bank(cfg, model_uri, shards, out_uri)
-    params = ScorerParams.from_config(cfg, model_uri, "score")
-    return _run(cfg, shards, params, out_uri, bank=bank, centroids=centroids)
+    bank = load_or_compute_bank(cfg, model_uri, shards, bank_uri)
+    ctor = {
+        "params": asdict(ScorerParams.from_config(cfg, model_uri)),
+        "bank": ray.put(np.ascontiguousarray(bank, dtype=np.float32)),
+        "centroids": ray.put(np.ascontiguousarray(centroids, dtype=np.float32)),
+    }
+    return _run(cfg, shards, Scorer, ctor, out)
 
 
-def embed_images(input_uri: str, cfg: MakConfig, model_uri: str, out_uri: str) -> dict:
-    """Clean-view backbone embeddings of every image under ``input_uri`` into ``out_uri``; resumable."""
+def embed_images(input_uri: str, cfg: MakConfig, model_uri: str, out: ShardedOutput) -> dict:
+    """Clean-view backbone embeddings of every image under ``input_uri`` into ``out``; resumable."""
     shards = plan_from_config(input_uri, cfg.data)
-    return _run(cfg, shards, ScorerParams.from_config(cfg, model_uri, "embed"), out_uri)
+    return _run(cfg, shards, Embedder, {"params": asdict(ScorerParams.from_config(cfg, model_uri))}, out)

@@ -1,10 +1,11 @@
-"""The scoring actor: a callable class for ``map_batches`` on an actor pool, holding the model once.
+"""The model actors of the scoring engine: callable classes for ``map_batches`` on an actor pool.
 
-Modes
-- ``score``: per valid row, R seeded augmented views -> L2-normalised projections -> ECLE against the negative
-  bank; one clean view -> backbone embedding -> proximity to the target centroids.
-- ``embed``: the clean-view backbone embedding only (target set, evaluation features).
-- ``bank``: the R views' normalised projections ``[R, D]`` per row (to build the negative bank).
+All three load the model once per actor (:class:`ModelActor`) and differ only in what they compute per row:
+
+- :class:`Embedder`: the clean-view backbone embedding (target set, evaluation sets);
+- :class:`Scorer`: the embedding plus, from R seeded augmented views, L2-normalised projections -> ECLE against
+  the negative bank, and the embedding's proximity to the target centroids;
+- :class:`BankProjector`: the R views' normalised projections ``[R, D]`` per row (to build the negative bank).
 
 Every number depends only on (model, seed, row id, image): views are seeded per id, ECLE draws its negatives
 per id, and the model runs in eval mode, so actor count and batch size do not change results.
@@ -27,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mak_ray.data.dataset import _text as _text_or_none
-from mak_ray.data.dataset import to_arrow
+from mak_ray.data.dataset import text_or_none, to_arrow
+from mak_ray.layout import ShardedOutput
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,9 @@ TASKS_PER_ACTOR = 2  # shards queued per actor: 1 leaves ~0.15 s idle per shard 
 
 @dataclass
 class ScorerParams:
+    """What a model actor needs from the config (an actor ignores the fields it does not use)."""
+
     model_uri: str
-    mode: str  # "score" | "embed" | "bank"
     image_size: int
     views: int = 10
     seed: int = 0
@@ -54,12 +56,11 @@ class ScorerParams:
     batch_size: int = 64  # rows per model pass; a call's block is worked through in slices of this many
 
     @classmethod
-    def from_config(cls, cfg: MakConfig, model_uri: str, mode: str) -> ScorerParams:
-        """The one mapping from the config to the scorer (a mode ignores the fields it does not use)."""
+    def from_config(cls, cfg: MakConfig, model_uri: str) -> ScorerParams:
+        """The one mapping from the config to the model actors."""
         sc = cfg.score
         return cls(
             model_uri=model_uri,
-            mode=mode,
             image_size=cfg.data.image_size,
             views=sc.views,
             seed=cfg.run.seed,
@@ -72,13 +73,15 @@ class ScorerParams:
         )
 
 
-def map_scorer(ds: Any, cfg: MakConfig, ctor: dict[str, Any], shards: int | None = None) -> Any:
-    """``ds`` (read from ``shards`` shards, when known) through a pool of ``PoolScorer`` actors, as the bank
-    and the scoring engine run it: ``min_actors``..``num_actors``, or with ``num_actors=0`` a fixed pool
+def map_actors(
+    ds: Any, cfg: MakConfig, actor: type[ModelActor], ctor: dict[str, Any], shards: int | None = None
+) -> Any:
+    """``ds`` (read from ``shards`` shards, when known) through a pool of ``actor`` actors, as the bank and the
+    scoring engine run it: ``min_actors``..``num_actors``, or with ``num_actors=0`` a fixed pool
     sized by :func:`pool_size`, started at once.
 
     Blocks come whole (``batch_size=None``) and the scorer slices them: a row batch size here would make
-    Ray bundle that many fused read tasks into one call (see :mod:`mak_ray.score.pipeline`).
+    Ray bundle that many fused read tasks into one call (see :mod:`mak_ray.score.engine`).
     """
     import ray
 
@@ -86,7 +89,7 @@ def map_scorer(ds: Any, cfg: MakConfig, ctor: dict[str, Any], shards: int | None
     high = pool_size(sc, ray.cluster_resources(), shards)
     low = sc.min_actors if sc.num_actors else high  # a pool sized to the cluster starts whole
     return ds.map_batches(
-        PoolScorer,
+        actor,
         fn_constructor_kwargs=ctor,
         batch_size=None,
         num_cpus=sc.cpus_per_actor,
@@ -126,37 +129,49 @@ def max_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-class PoolScorer:
-    """Loads the model once per actor; ``__call__`` maps a batch of decoded rows to output columns."""
+class ModelActor:
+    """Loads the model once per actor; ``__call__`` slices a block into ``batch_size`` rows, maps each slice
+    to output columns with :meth:`columns`, and writes part files when asked to."""
 
-    def __init__(
-        self, params: dict, bank: Any = None, centroids: Any = None, write: dict | None = None
-    ) -> None:
+    def __init__(self, params: dict, write: dict | None = None) -> None:
         import torch
 
         from mak_ray.models import load_model
 
         self.p = ScorerParams(**params)
-        if self.p.mode not in ("score", "embed", "bank"):
-            raise ValueError(f"unknown scorer mode {self.p.mode!r}")
         self.device = "cuda" if self.p.use_gpu and torch.cuda.is_available() else "cpu"
         if self.device == "cpu":
-            torch.set_num_threads(
-                1
-            )  # fractional CPUs per actor: one intra-op thread each, no oversubscription
+            torch.set_num_threads(1)  # fractional CPUs per actor: one intra-op thread each
         self.model = load_model(self.p.model_uri, device=self.device)
-        self.bank = None if bank is None else np.asarray(_resolve(bank), dtype=np.float32)
-        self.centroids = None if centroids is None else np.asarray(_resolve(centroids), dtype=np.float32)
-        if self.p.mode == "score" and (self.bank is None or self.centroids is None):
-            raise ValueError("score mode needs a negative bank and target centroids")
-        self.ecle_batch_size = self.p.ecle_batch_size
-        if self.bank is not None and self.bank.shape[1] < self.ecle_batch_size - 1:
-            self.ecle_batch_size = self.bank.shape[1] + 1  # a small pool: every bank sample is a negative
-        if write is not None and self.p.mode == "bank":
-            raise ValueError("bank mode returns its projections; it writes nothing")
-        self.write = write  # {"out_uri": ...}: write part files here and return accounting records
+        self.write = None if write is None else ShardedOutput(write["out_uri"])
         self.ready_at = time.time()
-        log.info("scorer (%s) ready on %s, pid %d", self.p.mode, self.device, os.getpid())
+        log.info("%s ready on %s, pid %d", type(self).__name__, self.device, os.getpid())
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        n = len(batch["id"])
+        step = max(1, self.p.batch_size)
+        out = _concat(
+            [self._slice({k: v[s : s + step] for k, v in batch.items()}) for s in range(0, max(n, 1), step)]
+        )
+        if self.write is not None:
+            from mak_ray.score.parts import write_parts
+
+            out = write_parts(out, self.write, self.p.embedding_dtype, ready_at=self.ready_at)
+        return to_arrow(out)
+
+    def _slice(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        errors = np.array(
+            [text_or_none(e) for e in batch["error"]], dtype=object
+        )  # rows failing here get one
+        out: dict[str, Any] = {k: batch[k] for k in ("id", "shard", "row", "shard_rows") if k in batch}
+        out["label"] = [text_or_none(v) for v in batch["label"]]
+        out["error"] = errors
+        self.columns(batch, errors, out)
+        return out
+
+    def columns(self, batch: dict[str, np.ndarray], errors: np.ndarray, out: dict[str, Any]) -> None:
+        """Add this actor's columns to ``out``; set ``errors[i]`` for rows that fail here."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------------------------ model calls
 
@@ -183,67 +198,59 @@ class PoolScorer:
 
         return self._run(self.model.embed, clean_batch(images, self.p.image_size))
 
-    # ------------------------------------------------------------------------------------ batches
+    @staticmethod
+    def usable(errors: np.ndarray) -> np.ndarray:
+        return np.flatnonzero([e is None for e in errors])
 
-    def __call__(self, batch: dict[str, np.ndarray]):
-        n = len(batch["id"])
-        step = max(1, self.p.batch_size)
-        out = _concat(
-            [self._columns({k: v[s : s + step] for k, v in batch.items()}) for s in range(0, max(n, 1), step)]
-        )
-        if self.write is not None:
-            from mak_ray.score.parts import write_parts
+    @staticmethod
+    def _drop_unusable(idx: np.ndarray, bad: np.ndarray, errors: np.ndarray, reason: str) -> np.ndarray:
+        """Rows whose model output is non-finite or all zero cannot be normalised: fail them, keep the rest."""
+        for i in idx[bad]:
+            errors[i] = reason
+        return idx[~bad]
 
-            out = write_parts(
-                out,
-                self.write["out_uri"],
-                self.p.mode,
-                self.p.embedding_dtype,
-                ready_at=self.ready_at,
-            )
-        return to_arrow(out)
 
-    def _columns(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        n = len(batch["id"])
-        errors = np.array(
-            [_text_or_none(e) for e in batch["error"]], dtype=object
-        )  # rows failing here get a reason
-        idx = np.flatnonzero([e is None for e in errors])
-        images = np.ascontiguousarray(batch["image"][idx])
-        keys = [str(k) for k in batch["id"][idx]]
-        out: dict[str, Any] = {k: batch[k] for k in ("id", "shard", "row", "shard_rows") if k in batch}
-        out["label"] = [_text_or_none(v) for v in batch["label"]]
-        out["error"] = errors
-        if self.p.mode == "bank":
-            z = np.full((n, self.p.views, self._proj_dim()), np.nan, dtype=np.float32)
-            if len(idx):
-                z[idx] = self.projections(images, keys).transpose(1, 0, 2)
-            out["views"] = z
-            return out
+class Embedder(ModelActor):
+    """Clean-view backbone embeddings; a row whose embedding is non-finite or zero fails."""
+
+    def columns(self, batch, errors, out) -> None:
+        n = len(errors)
+        idx = self.usable(errors)
         emb = np.full((n, self.model.feature_dim), np.nan, dtype=np.float32)
         if len(idx):
-            emb[idx] = self.embeddings(images)
+            emb[idx] = self.embeddings(np.ascontiguousarray(batch["image"][idx]))
             v = emb[idx]
             bad = ~np.isfinite(v).all(axis=1) | ~(np.abs(v) > 0).any(axis=1)
             idx = self._drop_unusable(idx, bad, errors, "unusable_embedding")
-        if self.p.mode == "score":
-            self._score(batch, idx, emb, errors, out)
+        self.extra(batch, idx, emb, errors, out)
         emb[[e is not None for e in errors]] = np.nan
         out["embedding"] = emb.astype(self.p.embedding_dtype)
         out["max_rss"] = np.full(n, max_rss_bytes(), dtype=np.int64)
-        return out
 
-    def _score(self, batch, idx, emb, errors, out) -> None:
-        from mak_ray.select.ecle import ecle
-        from mak_ray.select.proximity import proximity
+    def extra(self, batch, idx: np.ndarray, emb: np.ndarray, errors: np.ndarray, out: dict[str, Any]) -> None:
+        """Columns a subclass adds from the usable rows ``idx`` and their embeddings."""
+
+
+class Scorer(Embedder):
+    """Embeddings plus ECLE (against the negative bank) and proximity (to the target centroids)."""
+
+    def __init__(self, params: dict, bank: Any, centroids: Any, write: dict | None = None) -> None:
+        super().__init__(params, write)
+        self.bank = np.asarray(_resolve(bank), dtype=np.float32)
+        self.centroids = np.asarray(_resolve(centroids), dtype=np.float32)
+        self.ecle_batch_size = self.p.ecle_batch_size
+        if self.bank.shape[1] < self.ecle_batch_size - 1:
+            self.ecle_batch_size = self.bank.shape[1] + 1  # a small pool: every bank sample is a negative
+
+    def extra(self, batch, idx, emb, errors, out) -> None:
+        from mak_ray.mak import ecle, proximity
 
         n = len(errors)
         e = np.full(n, np.nan, dtype=np.float32)
         p = np.full(n, np.nan, dtype=np.float32)
         if len(idx):
-            images = np.ascontiguousarray(batch["image"][idx])
             keys = [str(k) for k in batch["id"][idx]]
-            z = self.projections(images, keys)
+            z = self.projections(np.ascontiguousarray(batch["image"][idx]), keys)
             bad = ~np.isfinite(z).all(axis=(0, 2)) | (np.linalg.norm(z, axis=2) == 0).any(axis=0)
             keep = self._drop_unusable(idx, bad, errors, "unusable_projection")
             sel = np.isin(idx, keep)
@@ -262,15 +269,22 @@ class PoolScorer:
         out["ecle"] = e
         out["proximity"] = p
 
-    @staticmethod
-    def _drop_unusable(idx: np.ndarray, bad: np.ndarray, errors: np.ndarray, reason: str) -> np.ndarray:
-        """Rows whose model output is non-finite or all zero cannot be normalised: fail them, keep the rest."""
-        for i in idx[bad]:
-            errors[i] = reason
-        return idx[~bad]
 
-    def _proj_dim(self) -> int:
-        return int(self.model.head[-1].out_features)
+class BankProjector(ModelActor):
+    """The R seeded views' normalised projections of each usable row, ``views`` ``[n, R, D]`` (NaN for failed
+    rows); it never writes."""
+
+    def __init__(self, params: dict) -> None:
+        super().__init__(params, write=None)
+
+    def columns(self, batch, errors, out) -> None:
+        n = len(errors)
+        idx = self.usable(errors)
+        z = np.full((n, self.p.views, int(self.model.head[-1].out_features)), np.nan, dtype=np.float32)
+        if len(idx):
+            keys = [str(k) for k in batch["id"][idx]]
+            z[idx] = self.projections(np.ascontiguousarray(batch["image"][idx]), keys).transpose(1, 0, 2)
+        out["views"] = z
 
 
 def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ dimension a point's offset from its coreset representative adds to the
 representative's distance from the picks.  A radius-aware stage 2 (rank by
 distance + carried stage-1 radius) was worse (1.19-1.46x).  So every shard
 *replays* the stage-2 picks in order over all its points (pruned like the
-greedy, see ``kcenter.replay_excess``) and reports the points that were ever
+greedy, see ``greedy.replay_excess``) and reports the points that were ever
 farther from init + the first i picks than the union's radius after i picks;
 up to its stage-1 budget of them, most exceeding first, join the union and
 stage 2 runs again.  When no shard reports a point, the stage-2 greedy
@@ -51,8 +51,9 @@ from typing import Any
 
 import numpy as np
 
-from .kcenter import greedy_with_init_state, prepare_points, replay_excess, to_radius
-from .validate import check_k, check_metric, check_same_dim
+from mak_ray.validate import check_k, check_metric, check_same_dim
+
+from .greedy import greedy_with_init_state, prepare_points, replay_excess, to_radius
 
 log = logging.getLogger(__name__)
 

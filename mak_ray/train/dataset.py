@@ -12,13 +12,13 @@ from collections.abc import Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mak_ray import storage
 from mak_ray.config import MakConfig
+from mak_ray.layout import ShardedOutput
 
 log = logging.getLogger(__name__)
 
 
-def shards_holding(cfg: MakConfig, ids: Sequence[str]) -> dict[str, str]:
+def shards_holding(scores: ShardedOutput, ids: Sequence[str]) -> dict[str, str]:
     """``{id: pool shard id}`` of the usable (scored) row of each of ``ids``, streamed from the score output
     (never the whole pool at once). An id held by several Parquet shards has one usable row (the others
     failed as ``duplicate_id``), so this names the copy that was scored."""
@@ -26,7 +26,7 @@ def shards_holding(cfg: MakConfig, ids: Sequence[str]) -> dict[str, str]:
 
     wanted = pa.array([str(i) for i in ids], pa.string())
     where: dict[str, str] = {}
-    for batch in iter_score_columns(storage.join(cfg.run.output_uri, "score"), ["id", "shard", "error"]):
+    for batch in iter_score_columns(scores.root, ["id", "shard", "error"]):
         hit = batch.filter(
             pc.and_(pc.is_in(batch.column("id"), value_set=wanted), pc.is_null(batch["error"]))
         )
@@ -39,13 +39,21 @@ def shards_holding(cfg: MakConfig, ids: Sequence[str]) -> dict[str, str]:
     return where
 
 
-def training_dataset(cfg: MakConfig, target_uri: str, extra_pool_ids: Sequence[str] | None = None):
-    """Rows ``{image}`` (uint8 [S, S, 3]) of the target set, plus the given pool ids; failed rows dropped."""
+def training_dataset(
+    cfg: MakConfig,
+    target_uri: str,
+    extra_pool_ids: Sequence[str] | None = None,
+    scores: ShardedOutput | None = None,
+):
+    """Rows ``{image}`` (uint8 [S, S, 3]) of the target set, plus the given pool ids (found through the
+    ``scores`` output); failed rows dropped."""
     from mak_ray.data import image_dataset, keep_rows, plan_from_config
 
     ds = image_dataset(plan_from_config(target_uri, cfg.data), cfg.data)
     if extra_pool_ids:
-        where = shards_holding(cfg, extra_pool_ids)
+        if scores is None:
+            raise ValueError("extra pool ids need the score output that holds them")
+        where = shards_holding(scores, extra_pool_ids)
         wanted = set(where.values())
         pool_shards = [s for s in plan_from_config(cfg.data.pool, cfg.data) if s.shard_id in wanted]
         extra = keep_rows(image_dataset(pool_shards, cfg.data), cfg.data, at=where)

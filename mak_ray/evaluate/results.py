@@ -179,10 +179,10 @@ def markdown_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(results: Mapping[str, Any], out_uri: str, name: str) -> None:
-    """Write ``{out_uri}/metrics.json`` (results plus ``name``) and ``{out_uri}/metrics.md``."""
+def write_results(results: Mapping[str, Any], json_uri: str, md_uri: str, name: str) -> None:
+    """Write the results plus ``name`` as JSON to ``json_uri`` and as a Markdown table to ``md_uri``."""
     payload = {"name": name, **results}
-    storage.write_json(storage.join(out_uri, "metrics.json"), payload)
+    storage.write_json(json_uri, payload)
     g = results.get("groups", {})
     md = [
         f"# Linear-probe evaluation: {name}",
@@ -195,5 +195,5 @@ def write_results(results: Mapping[str, Any], out_uri: str, name: str) -> None:
         "",
         markdown_table({s: results[s] for s in SETTINGS if s in results}),
     ]
-    storage.write_text(storage.join(out_uri, "metrics.md"), "\n".join(md))
-    log.info("wrote evaluation results to %s", out_uri)
+    storage.write_text(md_uri, "\n".join(md))
+    log.info("wrote evaluation results to %s", json_uri)

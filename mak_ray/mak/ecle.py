@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .validate import as_float_array, check_nonzero_rows
+from mak_ray.validate import as_float_array, check_nonzero_rows
 
 if TYPE_CHECKING:
     import torch

@@ -32,11 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from mak_ray.validate import as_float_array, check_k, check_metric, check_nonzero_rows, check_same_dim
+
 from ._backend import Ops, get_ops
 from .bounds import error_margin, move_threshold, on_unit_sphere
 from .grouped import GroupedGreedy
 from .nearest import nearest_init
-from .validate import as_float_array, check_k, check_metric, check_nonzero_rows, check_same_dim
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .validate import as_float_array, check_k, check_nonzero_rows, check_same_dim
+from mak_ray.validate import as_float_array, check_k, check_nonzero_rows, check_same_dim
 
 
 def _unit_rows(name: str, x: Any) -> np.ndarray:

@@ -1,10 +1,7 @@
-"""Mergeable streaming statistics for scoring a pool that never fits in one process.
+"""The MAK score ``w z(ECLE) - (1 - w) z(proximity)`` and the mergeable statistics behind its z-scores.
 
-``ZStats`` keeps (count, mean, M2) and merges with Chan et al.'s parallel
-formula, so shards scored on different workers are z-normalised with the same
-global mean and standard deviation.  ``TopN`` keeps the n best (score, id)
-pairs of a stream with a deterministic tie-break on id, so the K-center core
-can be chosen in one pass over Parquet batches.
+``ZStats`` keeps (count, mean, M2) and merges with Chan et al.'s parallel formula, so a pool scored in many
+pieces is z-normalised with one global mean and standard deviation.
 """
 
 from __future__ import annotations
@@ -14,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .validate import check_finite
+from mak_ray.validate import check_finite
 
 
 @dataclass
@@ -108,52 +105,27 @@ class ScoreStats:
         return cls(ZStats.from_dict(d["ecle"]), ZStats.from_dict(d["proximity"]))
 
 
-class TopN:
-    """The ``n`` highest scores of a stream; ties go to the smaller id.
+def mak_score(
+    ecle: Any, proximity: Any, loss_weight: float = 0.5, stats: ScoreStats | None = None
+) -> np.ndarray:
+    """``w * z(ecle) - (1 - w) * z(proximity)`` as float64 [N].
 
-    Ids may be integers or strings (compared as such; do not mix the two).
-    Memory is O(n + batch).  ``merge`` combines accumulators of separate
-    shards, and the result does not depend on batch order or sharding.
+    ``stats`` carries the global (count, mean, M2) of both inputs, e.g. merged
+    from every shard, so batches scored apart share one normalisation; without
+    it the z-scores use the given arrays themselves.  A zero standard deviation
+    makes that term 0 instead of dividing by zero.
     """
-
-    def __init__(self, n: int) -> None:
-        if n <= 0:
-            raise ValueError(f"n must be positive, got {n}")
-        self.n = int(n)
-        self.scores = np.empty(0, dtype=np.float64)
-        self.ids: np.ndarray = np.empty(0, dtype=np.int64)
-
-    def push(self, scores: Any, ids: Any) -> TopN:
-        s = np.asarray(scores, dtype=np.float64).ravel()
-        i = np.asarray(ids)
-        if i.ndim != 1 or len(i) != len(s):
-            raise ValueError(f"scores and ids must be 1-D of the same length, got {s.shape} and {i.shape}")
-        check_finite("scores", s)
-        if not len(s):
-            return self
-        if len(self.scores) >= self.n:  # cheap pre-filter: only values that can still enter
-            keep = s >= self.scores[-1]
-            s, i = s[keep], i[keep]
-            if not len(s):
-                return self
-        if len(self.ids) == 0:
-            all_s, all_i = s, i
-        else:
-            all_s = np.concatenate([self.scores, s])
-            all_i = np.concatenate([self.ids, i])
-        order = np.lexsort((all_i, -all_s))[: self.n]  # score desc, then id asc
-        self.scores, self.ids = all_s[order], all_i[order]
-        return self
-
-    def merge(self, other: TopN) -> TopN:
-        out = TopN(min(self.n, other.n))
-        out.push(self.scores, self.ids)
-        out.push(other.scores, other.ids)
-        return out
-
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, scores), best first."""
-        return self.ids.copy(), self.scores.copy()
-
-    def __len__(self) -> int:
-        return len(self.ids)
+    e = np.asarray(ecle, dtype=np.float64).ravel()
+    p = np.asarray(proximity, dtype=np.float64).ravel()
+    if e.shape != p.shape:
+        raise ValueError(f"length mismatch: ecle has {e.size} values, proximity has {p.size}")
+    check_finite("ecle", e)
+    check_finite("proximity", p)
+    w = float(loss_weight)
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(f"loss_weight must be in [0, 1], got {loss_weight}")
+    if stats is None:
+        if e.size == 0:
+            return np.zeros(0, dtype=np.float64)
+        stats = ScoreStats.empty().update(e, p)
+    return w * stats.ecle.z(e) - (1.0 - w) * stats.proximity.z(p)

@@ -1,0 +1,196 @@
+"""Every artefact path of a run, and its done markers, in one place.
+
+A run lives under ``run.output_uri`` (a local folder or ``s3://bucket/prefix``). Stages talk to each other only
+through these files, so this module is the contract between them: each stage, the report and the tests ask a
+:class:`RunLayout` for paths, and nothing else joins run paths. Ids from pool data never become path parts;
+the only names taken from outside are shard ids (made by the planner) and method and model names (from the
+registry).
+
+```
+config.yaml  timings.json  summary.json
+pretrain/          model.pt, train_metrics.json, Ray Train's run folder pretrain/pretrain/
+embed/target/      sharded output (embeddings), centroids.npy
+score/             sharded output (ecle, proximity, embeddings), bank.npy
+select/<method>/   selection.parquet, selection.txt, summary.json
+retrain/<method>/  model.pt, train_metrics.json, Ray Train's run folder
+embed/eval/<model>/<split>/   sharded output (embeddings of the evaluation sets)
+evaluate/<model>/  metrics.json, metrics.md
+report/            index.html, report_data.json, the plots as PNG
+```
+
+A *sharded output* (:class:`ShardedOutput`) is what the scoring engine writes: ``shard=<sid>/part-*.parquet``,
+one marker per finished shard under ``_markers/`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mak_ray import storage
+
+SUCCESS = "_SUCCESS"
+
+
+def success_marker(stage_dir: str) -> str:
+    return storage.join(stage_dir, SUCCESS)
+
+
+def done(stage_dir: str) -> bool:
+    """Whether the stage (or part of a stage) that writes ``stage_dir`` finished: its marker is written last."""
+    return storage.exists(success_marker(stage_dir))
+
+
+def mark_done(stage_dir: str, info: dict | None = None) -> None:
+    storage.write_json(success_marker(stage_dir), info or {})
+
+
+def read_done(stage_dir: str) -> dict:
+    """The information a finished stage left in its marker."""
+    return storage.read_json(success_marker(stage_dir))
+
+
+@dataclass(frozen=True)
+class ShardedOutput:
+    """The scoring engine's output: Parquet parts per shard, one marker per finished shard, a summary."""
+
+    root: str
+    SHARD_PREFIX = "shard="
+    MARKERS = "_markers"
+
+    def shard_dir(self, sid: str) -> str:
+        return storage.join(self.root, f"{self.SHARD_PREFIX}{sid}")
+
+    def part(self, sid: str, name: str) -> str:
+        return storage.join(self.shard_dir(sid), name)
+
+    @property
+    def markers_dir(self) -> str:
+        return storage.join(self.root, self.MARKERS)
+
+    def marker(self, sid: str) -> str:
+        return storage.join(self.markers_dir, f"{sid}.json")
+
+    @property
+    def summary(self) -> str:
+        return storage.join(self.root, "summary.json")
+
+    def file(self, name: str) -> str:
+        """A stage's own file beside the shards (the negative bank, the centroids)."""
+        return storage.join(self.root, name)
+
+
+@dataclass(frozen=True)
+class TrainOutput:
+    """What a training run leaves: the final model, its metric history, and Ray Train's run folder."""
+
+    root: str
+    run_name: str
+
+    @property
+    def model(self) -> str:
+        return storage.join(self.root, "model.pt")
+
+    @property
+    def metrics(self) -> str:
+        return storage.join(self.root, "train_metrics.json")
+
+
+@dataclass(frozen=True)
+class SelectionOutput:
+    """One method's selection."""
+
+    root: str
+
+    @property
+    def parquet(self) -> str:
+        return storage.join(self.root, "selection.parquet")
+
+    @property
+    def text(self) -> str:
+        return storage.join(self.root, "selection.txt")
+
+    @property
+    def summary(self) -> str:
+        return storage.join(self.root, "summary.json")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run under ``root`` (see the module docstring for the tree)."""
+
+    root: str
+
+    def _at(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
+
+    # --- run-level files
+    @property
+    def config(self) -> str:
+        return self._at("config.yaml")
+
+    @property
+    def timings(self) -> str:
+        return self._at("timings.json")
+
+    @property
+    def summary(self) -> str:
+        return self._at("summary.json")
+
+    # --- stages
+    def stage_dir(self, stage: str) -> str:
+        """The folder whose ``_SUCCESS`` says that ``stage`` finished."""
+        return {
+            "pretrain": self._at("pretrain"),
+            "embed_target": self.target_embeddings.root,
+            "score": self.scores.root,
+            "select": self._at("select"),
+            "retrain": self._at("retrain"),
+            "evaluate": self._at("evaluate"),
+            "report": self.report_dir,
+        }[stage]
+
+    @property
+    def pretrain(self) -> TrainOutput:
+        return TrainOutput(self._at("pretrain"), "pretrain")
+
+    @property
+    def target_embeddings(self) -> ShardedOutput:
+        return ShardedOutput(self._at("embed", "target"))
+
+    @property
+    def centroids(self) -> str:
+        return self.target_embeddings.file("centroids.npy")
+
+    @property
+    def scores(self) -> ShardedOutput:
+        return ShardedOutput(self._at("score"))
+
+    @property
+    def bank(self) -> str:
+        return self.scores.file("bank.npy")
+
+    def selection(self, method: str) -> SelectionOutput:
+        return SelectionOutput(self._at("select", method))
+
+    def retrain(self, method: str) -> TrainOutput:
+        return TrainOutput(self._at("retrain", method), f"retrain-{method}")
+
+    def eval_embeddings(self, model: str, split: str) -> ShardedOutput:
+        return ShardedOutput(self._at("embed", "eval", model, split))
+
+    def evaluation(self, model: str) -> str:
+        """The folder of one model's evaluation (metrics.json, metrics.md)."""
+        return self._at("evaluate", model)
+
+    def metrics_json(self, model: str) -> str:
+        return storage.join(self.evaluation(model), "metrics.json")
+
+    def metrics_md(self, model: str) -> str:
+        return storage.join(self.evaluation(model), "metrics.md")
+
+    @property
+    def report_dir(self) -> str:
+        return self._at("report")
+
+    def report_file(self, name: str) -> str:
+        return storage.join(self.report_dir, name)

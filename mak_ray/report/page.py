@@ -1,0 +1,161 @@
+"""The report page: one self-contained HTML file (the figures inlined as data URIs)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from typing import Any
+
+from mak_ray.report.collect import ACC_COLUMNS
+from mak_ray.report.numbers import SETTINGS
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1150px;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.3em .6em}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.missing{background:#fff4e5;border:1px solid #f0b429;padding:.6em 1em}.note{color:#555;font-size:.9em}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}code{background:#f5f5f5;padding:0 .2em}
+"""
+
+
+def _e(v: Any) -> str:
+    return html.escape(str(v))
+
+
+def _pct(v: float | None, digits: int = 1) -> str:
+    return "n/a" if v is None else f"{100.0 * v:.{digits}f}%"
+
+
+def _acc(v: float | None) -> str:
+    return "n/a" if v is None else f"{100.0 * v:.2f}"
+
+
+def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = [
+            f"<td>{_e(c)}</td>" if i < numeric_from else f'<td class="num">{_e(c)}</td>'
+            for i, c in enumerate(row)
+        ]
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _img(figs: dict[str, bytes], name: str, alt: str) -> str:
+    if name not in figs:
+        return f'<p class="note">No figure: {_e(alt)} (data missing).</p>'
+    b64 = base64.b64encode(figs[name]).decode("ascii")
+    return f'<p><img src="data:image/png;base64,{b64}" alt="{_e(alt)}" title="{_e(name)}"></p>'
+
+
+def render_html(numbers: dict[str, Any], figs: dict[str, bytes], generated: str) -> str:
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>mak-ray report: {_e(numbers['run_uri'])}</title><style>{CSS}</style></head><body>",
+        "<h1>mak-ray run report</h1>",
+        f"<p>Run: <code>{_e(numbers['run_uri'])}</code><br>Generated: {_e(generated)}</p>",
+    ]
+    if numbers["missing"]:
+        items = "".join(f"<li>{_e(m)}</li>" for m in numbers["missing"])
+        parts.append(
+            f"<div class='missing'><b>Missing parts</b> (the report shows what exists):<ul>{items}</ul></div>"
+        )
+
+    if numbers.get("checks"):
+        parts.append("<h2>Expected outcomes (MAK vs random)</h2>")
+        verdict = {True: "yes", False: "NO", None: "unknown (data missing)"}
+        rows = []
+        for c in numbers["checks"]:
+            fmt = _acc if "accuracy" in c["claim"] else _pct
+            rows.append([c["claim"], fmt(c["mak"]), fmt(c["random"]), verdict[c["holds"]]])
+        parts.append(_table(["claim", "mak", "random", "holds"], rows))
+
+    parts.append("<h2>Selections</h2>")
+    tail = numbers["tail"]
+    parts.append(
+        f"<p class='note'>OOD = pool label starting with <code>ood</code>. Tail classes "
+        f"({_e(tail['rule'])}): {_e(', '.join(tail['classes']) or 'none')}. Shares are of the picks found in the "
+        f"scored pool; labels are used only for this report, never for selection.</p>"
+    )
+    rows = []
+    pool = numbers.get("pool")
+    if pool:
+        rows.append(
+            [
+                "pool (all scored)",
+                str(pool["scored"]),
+                "",
+                str(pool["ood"]),
+                _pct(pool["ood_share"]),
+                str(pool["tail"]),
+                _pct(pool["tail_share"]),
+                "",
+            ]
+        )
+    for m, s in numbers["selections"].items():
+        rows.append(
+            [
+                m,
+                str(s["picks"]),
+                "n/a" if s["budget"] is None else str(s["budget"]),
+                str(s["ood"]),
+                _pct(s["ood_share"]),
+                str(s["tail"]),
+                _pct(s["tail_share"]),
+                str(s["not_in_pool"]),
+            ]
+        )
+    if rows:
+        parts.append(
+            _table(["set", "images", "budget", "OOD", "OOD share", "tail", "tail share", "not in pool"], rows)
+        )
+    else:
+        parts.append("<p class='note'>No selections or pool scores found.</p>")
+    parts.append(_img(figs, "ood_share.png", "OOD share per selection"))
+    parts.append(_img(figs, "tail_share.png", "tail-class share per selection"))
+
+    parts.append("<h2>Class histograms</h2>")
+    parts.append(_img(figs, "class_histograms.png", "class histograms of target, pool and selections"))
+
+    parts.append("<h2>ECLE vs proximity</h2>")
+    parts.append(
+        "<p class='note'>Each panel shows the scored pool (subsampled to at most 20,000 points) and one "
+        "method's picks. MAK prefers high ECLE (hard for the model: tail-like) at high proximity (near "
+        "the target set: not junk).</p>"
+    )
+    parts.append(_img(figs, "ecle_vs_proximity.png", "ECLE vs proximity with picks highlighted"))
+
+    parts.append("<h2>Accuracy</h2>")
+    acc = numbers["accuracy"]
+    if acc:
+        header = ["model"] + [f"{lab} {c}" for lab in ("linear", "few-shot") for c in ACC_COLUMNS]
+        rows = []
+        for model, settings in acc.items():
+            label = "target_only (no additions)" if model == "target_only" else model
+            rows.append([label] + [_acc(settings[s][c]) for s in SETTINGS for c in ACC_COLUMNS])
+        parts.append(
+            "<p class='note'>Top-1 accuracy in %; many/medium/few are means of per-class accuracy over "
+            "the classes in each group (by target count); std columns in percentage points.</p>"
+        )
+        parts.append(_table(header, rows))
+    else:
+        parts.append("<p class='note'>No evaluation results (evaluate/&lt;model&gt;/metrics.json) found.</p>")
+    parts.append(_img(figs, "accuracy_groups.png", "accuracy by class group"))
+
+    parts.append("<h2>Time per stage</h2>")
+    t = numbers.get("timings")
+    if t:
+        rows = [[k, f"{v:.1f}"] for k, v in t.items()] + [["total", f"{sum(t.values()):.1f}"]]
+        parts.append(_table(["stage", "seconds"], rows))
+    parts.append(_img(figs, "stage_times.png", "time per stage"))
+
+    summary = numbers.get("summary")
+    if summary:
+        parts.append("<h2>Run accounting</h2>")
+        rows = [[k, v if isinstance(v, str) else json.dumps(v, sort_keys=True)] for k, v in summary.items()]
+        parts.append(_table(["field", "value"], rows, numeric_from=2))
+    parts.append("</body></html>")
+    return "\n".join(parts)
