@@ -135,6 +135,11 @@ class SelectSection:
     methods: list[str] = field(default_factory=lambda: ["mak", "random"])
     kcenter_shards: int = field(default=1, metadata=positive())  # >1: two-stage K-center on Ray workers
     per_shard_k: int | None = None
+    # where K-center runs: auto = on a GPU when the Ray cluster has one, else on the CPU
+    kcenter_device: Literal["auto", "cpu", "cuda"] = "auto"
+    # the kcenter baseline holds every usable row's embedding in one task; refused above this many bytes
+    # (None: a quarter of the driver node's memory)
+    kcenter_max_bytes: int | None = None
 
 
 @dataclass

@@ -11,7 +11,7 @@ config.yaml  timings.json  summary.json
 pretrain/          model.pt, train_metrics.json, Ray Train's run folder pretrain/pretrain/
 embed/target/      sharded output (embeddings), centroids.npy
 score/             sharded output (ecle, proximity, embeddings), bank.npy
-select/<method>/   selection.parquet, selection.txt, summary.json
+select/<method>/   selection.parquet, selection.txt, summary.json (candidates/ while the stage runs)
 retrain/<method>/  model.pt, train_metrics.json, Ray Train's run folder
 embed/eval/<model>/<split>/   sharded output (embeddings of the evaluation sets)
 evaluate/<model>/  metrics.json, metrics.md
@@ -112,6 +112,14 @@ class SelectionOutput:
     @property
     def summary(self) -> str:
         return storage.join(self.root, "summary.json")
+
+    @property
+    def candidates_dir(self) -> str:
+        """Working files of the select stage: the method's candidates, one Parquet file per task."""
+        return storage.join(self.root, "candidates")
+
+    def candidates(self, task: int) -> str:
+        return storage.join(self.candidates_dir, f"part-{task:05d}.parquet")
 
 
 @dataclass(frozen=True)

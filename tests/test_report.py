@@ -170,12 +170,13 @@ def test_report_of_complete_run(tmp_path: Path) -> None:
     assert "Missing parts" not in page
 
     # accuracy: mak full-shot overall = (9+8+6+5)/40, few group = mean(60%, 50%); random few-shot missing
-    # the accuracy table's row for a model comes after its selection-table row
-    assert len(re.findall(r"<tr><td>mak</td>", page)) == 2
+    # a method's rows: the selection table, the select-stage table, then the accuracy table
+    assert len(re.findall(r"<tr><td>mak</td>", page)) == 3
     acc_rows = re.findall(r"<tr><td>mak</td>(.*?)</tr>", page)
-    mak_acc = _cells(acc_rows[1])
+    assert _cells(acc_rows[1])[0] == "100"  # select stage: the summary's candidate count
+    mak_acc = _cells(acc_rows[2])
     assert mak_acc[0] == "70.00" and mak_acc[3] == "55.00"
-    random_acc = _cells(re.findall(r"<tr><td>random</td>(.*?)</tr>", page)[1])
+    random_acc = _cells(re.findall(r"<tr><td>random</td>(.*?)</tr>", page)[2])
     assert random_acc[:6] != ["n/a"] * 6 and random_acc[6:] == ["n/a"] * 6
     assert "target_only (no additions)" in page
 

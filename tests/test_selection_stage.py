@@ -13,27 +13,19 @@ from mak_ray.mak import ScoreStats
 from mak_ray.registry import METHODS
 from mak_ray.select import select
 from mak_ray.select.output import decode_line, read_selection_ids
-from mak_ray.stages.select import pool_stats, select_method
+from mak_ray.stages.select import run
 
 
 def _emb_array(emb: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float16).ravel()), emb.shape[1])
 
 
-@pytest.fixture
-def fake_run(tmp_path):
-    rng = np.random.default_rng(3)
-    n, d = 600, 16
+def write_run(run: str, ecle, prox, emb, error, files: int, rng) -> None:
+    """A score output in ``files`` part files (as the scorer writes them) and a target embedding output."""
+    n, d = emb.shape
     ids = [f"pool-{i:04d}" for i in range(n)]
-    ecle = rng.normal(5, 1, n).astype(np.float32)
-    prox = rng.uniform(0, 1, n).astype(np.float32)
-    emb = rng.normal(size=(n, d)).astype(np.float16)
-    error = [None] * n
-    for bad in (7, 300, 599):
-        error[bad] = "corrupt"
-    run = str(tmp_path / "run")
     layout = RunLayout(run)
-    for s, rows in enumerate(np.array_split(np.arange(n), 3)):  # three shards, as the scorer writes them
+    for s, rows in enumerate(np.array_split(np.arange(n), files)):
         table = pa.table(
             {
                 "id": pa.array([ids[i] for i in rows], pa.string()),
@@ -45,7 +37,7 @@ def fake_run(tmp_path):
                 "shard": pa.array([f"s{s}"] * len(rows)),
             }
         )
-        storage.write_parquet(table, layout.scores.part(f"s{s}", "part-0.parquet"))
+        storage.write_parquet(table, layout.scores.part(f"s{s:02d}", "part-0.parquet"))
     target = rng.normal(size=(50, d)).astype(np.float16)
     storage.write_parquet(
         pa.table(
@@ -58,19 +50,47 @@ def fake_run(tmp_path):
         ),
         layout.target_embeddings.part("t", "part-0.parquet"),
     )
+
+
+def _pool(tmp_path, *, ties: bool = False, files: int = 3):
+    rng = np.random.default_rng(3)
+    n, d = 600, 16
+    ecle = rng.normal(5, 1, n).astype(np.float32)
+    prox = rng.uniform(0, 1, n).astype(np.float32)
+    if ties:  # few distinct values: long runs of equal keys at every cut
+        ecle = np.round(ecle).astype(np.float32)
+        prox = np.round(prox * 2) / 2
+        prox = prox.astype(np.float32)
+    emb = rng.normal(size=(n, d)).astype(np.float16)
+    error = [None] * n
+    for bad in (7, 300, 599):
+        error[bad] = "corrupt"
+    run = str(tmp_path / "run")
+    write_run(run, ecle, prox, emb, error, files, rng)
     ok = np.array([e is None for e in error])
+    ids = np.array([f"pool-{i:04d}" for i in range(n)])
     cfg = load_config(None, [f"run.output_uri={run}", "select.budget=40"])
-    return cfg, np.array(ids)[ok], ecle[ok], prox[ok], emb[ok].astype(np.float32), target.astype(np.float32)
+    target = storage.read_parquet(RunLayout(run).target_embeddings.root, columns=["embedding"])
+    target = np.stack([np.asarray(x, np.float32) for x in target.column("embedding").to_pylist()])
+    return cfg, ids[ok], ecle[ok], prox[ok], emb[ok].astype(np.float32), target
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+    return _pool(tmp_path)
 
 
 def _run(cfg, method: str) -> tuple[dict, list[str]]:
+    """The select stage for one method, from scratch."""
     layout = RunLayout(cfg.run.output_uri)
-    summary = select_method(cfg, layout, method, pool_stats(layout.scores.root))
+    storage.delete(layout.selection(method).root)
+    cfg.select.methods = [method]
+    summary = run(cfg, layout)[method]
     return summary, read_selection_ids(layout.selection(method))
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_streamed_selection_equals_in_memory(fake_run, method):
+def test_streamed_selection_equals_in_memory(fake_run, method, ray_session):
     cfg, ids, ecle, prox, emb, target = fake_run
     summary, got = _run(cfg, method)
     stats = ScoreStats.empty().update(ecle, prox)
@@ -95,7 +115,7 @@ def test_streamed_selection_equals_in_memory(fake_run, method):
     assert [decode_line(x) for x in storage.read_text(out.text).splitlines()] == got
 
 
-def test_random_is_seeded_and_usable_only(fake_run):
+def test_random_is_seeded_and_usable_only(fake_run, ray_session):
     cfg, ids, *_ = fake_run
     _, a = _run(cfg, "random")
     _, b = _run(cfg, "random")
@@ -110,8 +130,37 @@ def test_two_stage_option(fake_run, ray_session):
     assert "two_stage" in summary
 
 
-def test_budget_larger_than_usable_pool_is_refused(fake_run):
+def test_budget_larger_than_usable_pool_is_refused(fake_run, ray_session):
     cfg, *_ = fake_run
     cfg.select.budget = 598
     with pytest.raises(ValueError, match="larger than the usable pool"):
         _run(cfg, "mak")
+
+
+@pytest.mark.parametrize("one_task", [True, False])
+@pytest.mark.parametrize("method", METHODS)
+def test_ties_refinement_and_task_count_change_nothing(tmp_path, method, one_task, monkeypatch, ray_session):
+    """Keys with long runs of ties, a boundary small enough to force histogram refinement and the equal-keys
+    cut, and one task or one task per file: the picks are still the in-memory selector's."""
+    from mak_ray.select import cut
+    from mak_ray.stages import select as stage
+
+    cfg, ids, ecle, prox, emb, target = _pool(tmp_path, ties=True, files=6)
+    monkeypatch.setattr(cut, "BOUNDARY_ROWS", 3)
+    if one_task:
+        monkeypatch.setattr(stage, "file_groups", lambda files, cpus: [(0, files)])
+    else:
+        monkeypatch.setattr(stage, "file_groups", lambda files, cpus: [(i, [f]) for i, f in enumerate(files)])
+    _, got = _run(cfg, method)
+    want = select(
+        method,
+        k=40,
+        ids=ids,
+        ecle=ecle,
+        proximity=prox,
+        embeddings=emb,
+        target_embeddings=target,
+        stats=ScoreStats.empty().update(ecle, prox),
+        seed=cfg.run.seed,
+    )
+    assert got == [str(i) for i in want.ids]

@@ -19,6 +19,15 @@ from mak_ray.report.collect import (
 )
 
 NOT_IN_POOL = "(not in pool)"
+SELECT_SUMMARY_KEYS = (
+    "candidates",
+    "seconds_stats",
+    "seconds_candidates",
+    "seconds_kcenter",
+    "seconds_finish",
+    "kcenter_device",
+    "two_stage",
+)
 SETTINGS = {"full": "Linear probe (full labelled train set)", "few_shot": "Few-shot linear probe"}
 
 
@@ -71,6 +80,7 @@ def compute_numbers(data: RunData) -> dict[str, Any]:
             "tail_share": _share(n_tail, len(known)),
             "mean_ecle": float(np.nanmean(sel.ecle)) if np.isfinite(sel.ecle).any() else None,
             "mean_proximity": float(np.nanmean(sel.proximity)) if np.isfinite(sel.proximity).any() else None,
+            "stage": {k: sel.summary.get(k) for k in SELECT_SUMMARY_KEYS if k in sel.summary},
         }
     out["selections"] = sels
     out["accuracy"] = {

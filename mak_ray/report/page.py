@@ -28,6 +28,10 @@ def _pct(v: float | None, digits: int = 1) -> str:
     return "n/a" if v is None else f"{100.0 * v:.{digits}f}%"
 
 
+def _secs(v: float | None) -> str:
+    return "" if v is None else f"{v:.1f}"
+
+
 def _acc(v: float | None) -> str:
     return "n/a" if v is None else f"{100.0 * v:.2f}"
 
@@ -116,6 +120,39 @@ def render_html(numbers: dict[str, Any], figs: dict[str, bytes], generated: str)
         parts.append("<p class='note'>No selections or pool scores found.</p>")
     parts.append(_img(figs, "ood_share.png", "OOD share per selection"))
     parts.append(_img(figs, "tail_share.png", "tail-class share per selection"))
+    stage_rows = []
+    for m, s in numbers["selections"].items():
+        st = s.get("stage") or {}
+        if not st:
+            continue
+        union = (st.get("two_stage") or {}).get("union_size")
+        stage_rows.append(
+            [m]
+            + ["" if st.get(c) is None else str(st[c]) for c in ("candidates",)]
+            + ["" if union is None else str(union)]
+            + [
+                _secs(st.get(c))
+                for c in ("seconds_stats", "seconds_candidates", "seconds_kcenter", "seconds_finish")
+            ]
+            + [str(st.get("kcenter_device") or "")]
+        )
+    if stage_rows:
+        parts.append("<h3>Select stage</h3>")
+        parts.append(
+            "<p class='note'>Seconds per phase: pool statistics and the candidate passes are shared by all "
+            "methods; finish is the method's own task (reading its candidates, K-center, writing).</p>"
+        )
+        header = [
+            "method",
+            "candidates",
+            "two-stage union",
+            "stats s",
+            "candidates s",
+            "K-center s",
+            "finish s",
+            "K-center on",
+        ]
+        parts.append(_table(header, stage_rows))
 
     parts.append("<h2>Class histograms</h2>")
     parts.append(_img(figs, "class_histograms.png", "class histograms of target, pool and selections"))

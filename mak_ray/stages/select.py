@@ -1,169 +1,275 @@
-"""Stage ``select``: every configured method's selection from the score output.
+"""Stage ``select``: every configured method's selection from the score output, as Ray tasks over its files.
 
-The pool is streamed, never loaded: one pass over the ``ecle``/``proximity`` columns gives the pool-wide
-z-statistics (shared by every method), one pass per method keeps its best candidates by the method's ranking key
-(:mod:`mak_ray.select.methods`; ties go to the lower position in the output's order), and only the candidates'
-embeddings are then loaded for K-center.
+The driver only merges small results; the pool's rows stay in the tasks:
+
+1. stats: one pass over ``ecle``/``proximity`` gives the pool-wide z-statistics and ranges, shared by every
+   method (:func:`mak_ray.select.passes.stats_pass`);
+2. candidates: histogram passes over each method's ranking key narrow down where its top ``n`` ends
+   (:mod:`mak_ray.select.cut`; usually one pass), then one pass writes every method's candidate rows, with their
+   embeddings for the methods that run K-center, and returns the few rows on the boundary; the driver turns
+   those into the exact cut (ties go to the lower position in the output's file order);
+3. finish: per method, one task reads its candidates, runs K-center (on a GPU when the cluster has one and
+   ``select.kcenter_device`` allows it) or takes the top ``K``, and writes the selection
+   (:mod:`mak_ray.select.finish`).
+
+Each method's ``summary.json`` gives the seconds of each phase and the candidate count.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from mak_ray.config import MakConfig
+from mak_ray.config import ConfigError, MakConfig
 from mak_ray.layout import RunLayout, done, mark_done, read_done
-from mak_ray.mak import ScoreStats, mak_score
+from mak_ray.mak import mak_score
 from mak_ray.registry import DIVERSE_METHODS
-from mak_ray.score import iter_score_columns, load_embeddings, load_valid_embeddings
-from mak_ray.select import TopN, candidate_count, ranking_key, select
-from mak_ray.select.output import write_selection
+from mak_ray.score import part_files
+from mak_ray.select import candidate_count
+from mak_ray.select import cut as cuts
+from mak_ray.select.finish import FinishSpec, finish
+from mak_ray.select.passes import (
+    CandidatePlan,
+    KeySpec,
+    PoolStats,
+    boundary_rows_of_file,
+    candidates_pass,
+    histogram_pass,
+    stats_pass,
+)
 
 log = logging.getLogger(__name__)
 
-
-def _usable(columns: list[str], score_root: str):
-    """Batches of ``columns`` over the usable pool rows, with their position in the output's order."""
-    pos = 0
-    for batch in iter_score_columns(score_root, [*columns, "error"]):
-        ok = pc.is_null(batch.column("error"))
-        positions = np.arange(pos, pos + batch.num_rows, dtype=np.int64)
-        pos += batch.num_rows
-        batch = batch.filter(ok)
-        if batch.num_rows:
-            yield batch, positions[ok.to_numpy(zero_copy_only=False)]
+FILES_PER_TASK = 64
+TASKS_PER_CPU = 2
 
 
-def pool_stats(score_root: str) -> ScoreStats:
-    """Global z-statistics of ECLE and proximity over every usable pool row (one streaming pass)."""
-    stats = ScoreStats.empty()
-    for batch, _ in _usable(["ecle", "proximity"], score_root):
-        stats.update(batch.column("ecle").to_numpy(), batch.column("proximity").to_numpy())
-    return stats
+def file_groups(files: list[str], cpus: int) -> list[tuple[int, list[str]]]:
+    """Consecutive runs of part files, one per task: ``(index of the first file, files)``; enough runs to keep
+    every CPU busy, none longer than ``FILES_PER_TASK``."""
+    if not files:
+        return []
+    n = min(len(files), max(TASKS_PER_CPU * cpus, math.ceil(len(files) / FILES_PER_TASK)))
+    bounds = np.linspace(0, len(files), n + 1).astype(int)
+    return [(int(a), files[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def rank_candidates(cfg: MakConfig, method: str, score_root: str, stats: ScoreStats, n: int) -> dict:
-    """The ``n`` best usable pool rows for ``method``, best first, with their id, ecle, proximity, label."""
-    top = TopN(n)
-    columns = ["ecle", "proximity"] + (["id"] if method == "random" else [])
-    for batch, positions in _usable(columns, score_root):
-        key = ranking_key(
-            method,
-            ecle=batch.column("ecle").to_numpy(),
-            proximity=batch.column("proximity").to_numpy(),
-            ids=batch.column("id") if method == "random" else None,
-            stats=stats,
-            loss_weight=cfg.select.loss_weight,
-            seed=cfg.run.seed,
-            n=batch.num_rows,
+def _merged(refs: list[Any], merge: Callable[[Any, Any], Any]) -> Any:
+    """Merge task results as they finish, so the driver holds one partial result, not all of them."""
+    import ray
+
+    acc = None
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        part = ray.get(ready[0])
+        acc = part if acc is None else merge(acc, part)
+    return acc
+
+
+def _key_range(method: str, pool: PoolStats, loss_weight: float) -> tuple[float, float]:
+    (e_lo, e_hi), (p_lo, p_hi) = pool.ecle_range, pool.proximity_range
+    if method == "mak":
+        low, high = mak_score([e_lo, e_hi], [p_hi, p_lo], loss_weight, pool.stats)
+        return float(low), float(high)
+    if method == "tailness":
+        return e_lo, e_hi
+    if method == "proximity":
+        return -p_hi, -p_lo
+    if method == "random":
+        return 0.0, 1.0
+    return 0.0, 0.0  # kcenter: every key is 0
+
+
+def _find_cuts(
+    groups: list[tuple[int, list[str]]], specs: dict[str, KeySpec], intervals: dict[str, cuts.Interval]
+) -> dict[str, cuts.Interval]:
+    """Histogram passes (all unsettled methods in one read) until every interval is settled."""
+    import ray
+
+    task = ray.remote(histogram_pass)
+    rounds = 0
+    while True:
+        todo = [m for m, iv in intervals.items() if not iv.settled]
+        if not todo:
+            return intervals
+        rounds += 1
+        edges = [intervals[m].edges() for m in todo]
+        specs_todo = [specs[m] for m in todo]
+        refs = [task.remote(files, specs_todo, edges) for _, files in groups]
+        hists = _merged(refs, lambda a, b: [x.merge(y) for x, y in zip(a, b)])
+        for m, h, e in zip(todo, hists, edges):
+            intervals[m] = intervals[m].narrow(h, e)
+        log.info("select: histogram round %d for %s", rounds, ", ".join(todo))
+
+
+def _cut(interval: cuts.Interval, boundaries: list, spec: KeySpec, files: list[str]) -> cuts.Cut:
+    """The exact cut from the boundary rows; for a boundary of equal keys, one more small task finds the row
+    in the file where the count runs out."""
+    if not (interval.equal_keys and interval.need > 0):
+        return cuts.cut_from_rows(interval, boundaries)
+    import ray
+
+    file_index, rank = cuts.cut_file_from_counts(interval, boundaries)
+    task = ray.remote(boundary_rows_of_file)
+    rows = ray.get(task.remote(files[file_index], spec, interval.lo, interval.hi))
+    return cuts.Cut(min_key=interval.lo, key=interval.key, file=file_index, row=int(rows[rank - 1]))
+
+
+def kcenter_device(cfg: MakConfig) -> str:
+    """``select.kcenter_device`` resolved against the cluster: ``cuda`` needs a GPU in it."""
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    want = cfg.select.kcenter_device
+    if want == "cuda" and gpus < 1:
+        raise ConfigError("select.kcenter_device", "is 'cuda', but the Ray cluster has no GPU")
+    if want == "auto":
+        return "cuda" if gpus >= 1 else "cpu"
+    return want
+
+
+def _check_kcenter_memory(cfg: MakConfig, method: str, n: int, dim: int) -> None:
+    """The ``kcenter`` baseline holds every usable row's embedding in one task: refuse before it cannot."""
+    limit = cfg.select.kcenter_max_bytes or _node_memory() // 4
+    need = n * max(dim, 1) * 4 * 2  # float32 candidates plus the traversal's working copy
+    if method == "kcenter" and need > limit:
+        raise ConfigError(
+            "select.kcenter_shards",
+            f"the kcenter baseline would hold {n} embeddings ({need / 2**30:.1f} GiB) in one task, over "
+            f"the bound of {limit / 2**30:.1f} GiB (select.kcenter_max_bytes); run it sharded "
+            "(select.kcenter_shards > 1) or leave it out of select.methods",
         )
-        top.push(key, positions)
-    wanted, _ = top.result()
-    order = np.argsort(wanted, kind="stable")
-    rows: dict[str, list] = {c: [] for c in ("id", "ecle", "proximity", "label")}
-    found = []
-    for batch, positions in _usable(list(rows), score_root):
-        hit = np.isin(positions, wanted)
-        if hit.any():
-            sub = batch.filter(pa.array(hit))
-            for c in rows:
-                rows[c].extend(sub.column(c).to_pylist())
-            found.append(positions[hit])
-    got = np.concatenate(found) if found else np.zeros(0, np.int64)
-    rank = np.searchsorted(wanted[order], got)  # each found row's place among the wanted, then best first
-    place = np.empty(len(got), np.int64)
-    place[order[rank]] = np.arange(len(got))  # wanted[i] is found at place[i]
-    cand = {c: [rows[c][place[i]] for i in range(len(wanted))] for c in rows}
-    ecle = np.asarray(cand["ecle"], np.float64)
-    prox = np.asarray(cand["proximity"], np.float64)
-    return {
-        "id": cand["id"],
-        "ecle": ecle,
-        "proximity": prox,
-        "score": mak_score(ecle, prox, cfg.select.loss_weight, stats),
-        "label": cand["label"],
-    }
 
 
-def select_method(cfg: MakConfig, layout: RunLayout, method: str, stats: ScoreStats) -> dict:
-    """Select ``select.budget`` pool ids with ``method``; write its selection and return its summary."""
-    from mak_ray.kcenter import two_stage_k_center
+def _node_memory() -> int:
+    import os
 
-    t0 = time.perf_counter()
-    score_root = layout.scores.root
-    k = cfg.select.budget
-    usable = stats.ecle.count
-    if k > usable:
-        raise ValueError(f"select.budget={k} is larger than the usable pool ({usable} scored images)")
-    n_cand = candidate_count(method, k, cfg.select.core_ratio, usable)
-    cand = rank_candidates(cfg, method, score_root, stats, n_cand)
-    summary: dict = {"method": method, "budget": k, "candidates": n_cand, "usable_pool": usable}
-    if method in DIVERSE_METHODS:
-        emb = load_embeddings(score_root, cand["id"])
-        target = load_valid_embeddings(layout.target_embeddings.root)
-        if cfg.select.kcenter_shards > 1:
-            two_stage: dict = {}
-            shards = np.array_split(np.arange(len(emb)), cfg.select.kcenter_shards)
-            picks, radius = two_stage_k_center(
-                [(s, emb[s]) for s in shards],
-                k,
-                init=target,
-                per_shard_k=cfg.select.per_shard_k,
-                stats=two_stage,
-            )
-            keep = ("per_shard_k", "radius_bound", "full_radius", "rounds", "converged")
-            summary["two_stage"] = {k2: v for k2, v in two_stage.items() if k2 in keep}
-        else:
-            # The candidates are the pool's best rows by the method's key, in key order, scored with the
-            # pool-wide statistics, so selecting among them picks what selecting from the whole pool would.
-            chosen = select(
-                method,
-                k=k,
-                ecle=cand["ecle"],
-                proximity=cand["proximity"],
-                embeddings=emb,
-                target_embeddings=target,
-                stats=stats,
-                loss_weight=cfg.select.loss_weight,
-                core_ratio=cfg.select.core_ratio,
-            )
-            picks, radius = chosen.index, chosen.radii
-        picks = np.asarray(picks, np.int64)
-        summary["radius_first_last"] = [float(radius[0]), float(radius[-1])] if len(radius) else []
-    else:
-        picks = np.arange(k, dtype=np.int64)  # the candidates are the selection, best first
-    ids = [cand["id"][i] for i in picks]
-    table = pa.table(
-        {
-            "id": pa.array(ids, pa.string()),
-            "order": pa.array(np.arange(len(ids)), pa.int64()),
-            "ecle": pa.array(cand["ecle"][picks], pa.float32()),
-            "proximity": pa.array(cand["proximity"][picks], pa.float32()),
-            "score": pa.array(cand["score"][picks], pa.float32()),
-            "label": pa.array([cand["label"][i] for i in picks], pa.string()),
-        }
-    )
-    summary["selected"] = len(ids)
-    summary["seconds"] = round(time.perf_counter() - t0, 3)
-    write_selection(layout.selection(method), table, summary)
-    log.info("select/%s: %d of %d usable pool images in %.1f s", method, len(ids), usable, summary["seconds"])
-    return summary
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _embedding_dim(files: list[str]) -> int:
+    import pyarrow.parquet as pq
+
+    from mak_ray import storage
+
+    for uri in files[:1]:
+        fs, path = storage.filesystem(uri)
+        with fs.open_input_file(path) as f:
+            t = pq.ParquetFile(f).schema_arrow.field("embedding").type
+        return int(getattr(t, "list_size", 0) or 0)
+    return 0
 
 
 def run(cfg: MakConfig, layout: RunLayout) -> dict:
-    stats = None
-    summary = {}
+    import ray
+
+    summary: dict[str, Any] = {}
+    todo = []
     for method in cfg.select.methods:
         out = layout.selection(method)
         if done(out.root):
             log.info("select/%s: complete, skipped", method)
             summary[method] = read_done(out.root)
-            continue
-        stats = stats or pool_stats(layout.scores.root)
-        summary[method] = select_method(cfg, layout, method, stats)
-        mark_done(out.root, summary[method])
+        else:
+            todo.append(method)
+    if not todo:
+        return summary
+    t0 = time.perf_counter()
+    files = part_files(layout.scores.root)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    groups = file_groups(files, cpus)
+    pool = _merged([ray.remote(stats_pass).remote(g) for _, g in groups], PoolStats.merge) or PoolStats()
+    t_stats = time.perf_counter() - t0
+    usable, k = pool.usable, cfg.select.budget
+    if k > usable:
+        raise ValueError(f"select.budget={k} is larger than the usable pool ({usable} scored images)")
+    log.info(
+        "select: %d usable of %d pool rows in %d part files (%.1f s)", usable, pool.rows, len(files), t_stats
+    )
+
+    t1 = time.perf_counter()
+    specs = {m: KeySpec(m, cfg.select.loss_weight, cfg.run.seed, pool.stats.to_dict()) for m in todo}
+    n_cand = {m: candidate_count(m, k, cfg.select.core_ratio, usable) for m in todo}
+    dim = _embedding_dim(files)
+    for m in todo:
+        _check_kcenter_memory(cfg, m, n_cand[m], dim)
+    intervals = {}
+    for m in todo:
+        if n_cand[m] >= usable:  # every usable row is a candidate
+            intervals[m] = cuts.Interval(-np.inf, -np.inf, usable, n_cand[m])
+        else:
+            intervals[m] = cuts.first_interval(*_key_range(m, pool, cfg.select.loss_weight), n_cand[m])
+    intervals = _find_cuts(groups, specs, intervals)
+    plans = {
+        m: [
+            CandidatePlan(
+                specs[m],
+                intervals[m].lo,
+                intervals[m].hi,
+                layout.selection(m).candidates(g),
+                with_embedding=m in DIVERSE_METHODS,
+                boundary_counts_only=intervals[m].equal_keys,
+            )
+            for g in range(len(groups))
+        ]
+        for m in todo
+    }
+    task = ray.remote(candidates_pass)
+    refs = [
+        task.remote(g_files, first, [plans[m][g] for m in todo]) for g, (first, g_files) in enumerate(groups)
+    ]
+    boundaries = {m: [] for m in todo}
+    for ref in refs:  # small: at most BOUNDARY_ROWS rows per method in all
+        for m, b in zip(todo, ray.get(ref)):
+            boundaries[m].append(b)
+    cut = {m: _cut(intervals[m], boundaries[m], specs[m], files) for m in todo}
+    t_cand = time.perf_counter() - t1
+
+    device = kcenter_device(cfg) if DIVERSE_METHODS & set(todo) else "cpu"
+    finishing = {}
+    for m in todo:
+        spec = FinishSpec(
+            method=m,
+            k=k,
+            n_candidates=n_cand[m],
+            cut=cut[m],
+            stats=pool.stats.to_dict(),
+            loss_weight=cfg.select.loss_weight,
+            target_root=layout.target_embeddings.root,
+            device=device if m in DIVERSE_METHODS else "cpu",
+            shards=cfg.select.kcenter_shards,
+            per_shard_k=cfg.select.per_shard_k,
+        )
+        head = {
+            "method": m,
+            "budget": k,
+            "candidates": n_cand[m],
+            "usable_pool": usable,
+            "pool_rows": pool.rows,
+            "part_files": len(files),
+            "tasks": len(groups),
+            "seconds_stats": round(t_stats, 3),
+            "seconds_candidates": round(t_cand, 3),
+        }
+        gpus = 1 if spec.device == "cuda" else 0
+        uris = [p.out_uri for p in plans[m]]
+        finishing[m] = ray.remote(finish).options(num_gpus=gpus).remote(spec, uris, layout.selection(m), head)
+    for m, ref in finishing.items():
+        summary[m] = ray.get(ref)
+        mark_done(layout.selection(m).root, summary[m])
+        log.info(
+            "select/%s: %d of %d usable pool images (stats %.1f s, candidates %.1f s, finish %.1f s)",
+            m,
+            summary[m]["selected"],
+            usable,
+            t_stats,
+            t_cand,
+            summary[m]["seconds_finish"],
+        )
     return summary

@@ -1,0 +1,268 @@
+"""The select stage's passes over the score output, as functions of a group of part files (one Ray task each).
+
+Rows are named by their position (file index, row in file) in the output's stable file order, which is also the
+tie-break of every ranking: ties go to the lower position. A pass returns only small, mergeable results:
+
+1. :func:`stats_pass`: z-statistics and the ranges of ECLE and proximity over the usable rows;
+2. :func:`histogram_pass`: per method, counts of keys in given bins (to find where the top ``n`` ends);
+3. :func:`candidates_pass`: per method, writes the rows at or above a key bound to a candidate Parquet file
+   (with their embeddings when the method runs K-center) and returns the rows in the boundary bin.
+
+See :mod:`mak_ray.select.cut` for how the driver turns histograms into the exact cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mak_ray import storage
+from mak_ray.mak import ScoreStats
+from mak_ray.select.methods import ranking_key
+
+SMALL_COLUMNS = ("ecle", "proximity", "error")
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """What a task needs to compute one method's ranking key."""
+
+    method: str
+    loss_weight: float
+    seed: int
+    stats: dict[str, Any]  # ScoreStats.to_dict()
+
+    def keys(self, table: pa.Table) -> np.ndarray:
+        return ranking_key(
+            self.method,
+            ecle=table.column("ecle").to_numpy(),
+            proximity=table.column("proximity").to_numpy(),
+            ids=table.column("id") if "id" in table.column_names else None,
+            stats=ScoreStats.from_dict(self.stats),
+            loss_weight=self.loss_weight,
+            seed=self.seed,
+            n=table.num_rows,
+        )
+
+    @property
+    def needs_id(self) -> bool:
+        return self.method == "random"
+
+
+def read_usable(uri: str, columns: list[str]) -> tuple[pa.Table, np.ndarray]:
+    """``columns`` of the usable rows (``error`` is null) of one part file, and their row numbers in it."""
+    fs, path = storage.filesystem(uri)
+    with fs.open_input_file(path) as f:
+        table = pq.read_table(f, columns=list(dict.fromkeys([*columns, "error"])))
+    ok = pc.is_null(table.column("error"))
+    rows = np.flatnonzero(ok.to_numpy(zero_copy_only=False))
+    return table.filter(ok), rows
+
+
+# ------------------------------------------------------------------------------------------- pass 1
+
+
+@dataclass
+class PoolStats:
+    """Mergeable result of :func:`stats_pass`."""
+
+    stats: ScoreStats = field(default_factory=ScoreStats.empty)
+    rows: int = 0
+    ecle_range: tuple[float, float] = (np.inf, -np.inf)
+    proximity_range: tuple[float, float] = (np.inf, -np.inf)
+
+    def merge(self, other: PoolStats) -> PoolStats:
+        return PoolStats(
+            self.stats.merge(other.stats),
+            self.rows + other.rows,
+            (min(self.ecle_range[0], other.ecle_range[0]), max(self.ecle_range[1], other.ecle_range[1])),
+            (
+                min(self.proximity_range[0], other.proximity_range[0]),
+                max(self.proximity_range[1], other.proximity_range[1]),
+            ),
+        )
+
+    @property
+    def usable(self) -> int:
+        return self.stats.ecle.count
+
+
+def stats_pass(files: list[str]) -> PoolStats:
+    out = PoolStats()
+    for uri in files:
+        fs, path = storage.filesystem(uri)
+        with fs.open_input_file(path) as f:
+            out.rows += pq.ParquetFile(f).metadata.num_rows
+        table, _ = read_usable(uri, ["ecle", "proximity"])
+        if not table.num_rows:
+            continue
+        e, p = table.column("ecle").to_numpy(), table.column("proximity").to_numpy()
+        out.stats.update(e, p)
+        out.ecle_range = (min(out.ecle_range[0], float(e.min())), max(out.ecle_range[1], float(e.max())))
+        out.proximity_range = (
+            min(out.proximity_range[0], float(p.min())),
+            max(out.proximity_range[1], float(p.max())),
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------- pass 2
+
+
+@dataclass
+class Histogram:
+    """Counts of keys per bin ``[edges[i], edges[i+1])``, keys at or above the last edge in ``above``, and each
+    bin's smallest and largest key (to tell a bin of equal keys, which no finer bins can split)."""
+
+    counts: np.ndarray
+    above: int
+    low: np.ndarray
+    high: np.ndarray
+
+    @classmethod
+    def of(cls, keys: np.ndarray, edges: np.ndarray) -> Histogram:
+        n_bins = len(edges) - 1
+        above = int(np.count_nonzero(keys >= edges[-1]))
+        keys = keys[(keys >= edges[0]) & (keys < edges[-1])]
+        idx = np.searchsorted(edges, keys, side="right") - 1
+        counts = np.bincount(idx, minlength=n_bins).astype(np.int64)
+        low = np.full(n_bins, np.inf)
+        high = np.full(n_bins, -np.inf)
+        np.minimum.at(low, idx, keys)
+        np.maximum.at(high, idx, keys)
+        return cls(counts, above, low, high)
+
+    def merge(self, other: Histogram) -> Histogram:
+        return Histogram(
+            self.counts + other.counts,
+            self.above + other.above,
+            np.minimum(self.low, other.low),
+            np.maximum(self.high, other.high),
+        )
+
+
+def histogram_pass(files: list[str], specs: list[KeySpec], edges: list[np.ndarray]) -> list[Histogram]:
+    """Per method (``specs[i]``), the histogram of its keys over ``edges[i]``."""
+    columns = ["ecle", "proximity"] + (["id"] if any(s.needs_id for s in specs) else [])
+    hists: list[Histogram | None] = [None] * len(specs)
+    for uri in files:
+        table, _ = read_usable(uri, columns)
+        for i, (spec, e) in enumerate(zip(specs, edges)):
+            h = Histogram.of(spec.keys(table), e)
+            hists[i] = h if hists[i] is None else hists[i].merge(h)
+    empty = [Histogram.of(np.zeros(0), e) for e in edges]
+    return [h if h is not None else empty[i] for i, h in enumerate(hists)]
+
+
+# ------------------------------------------------------------------------------------------- pass 3
+
+
+@dataclass(frozen=True)
+class CandidatePlan:
+    """Where one method's candidates end: every row with key >= ``hi`` is in, rows in ``[lo, hi)`` are the
+    boundary (the driver cuts among them), rows below ``lo`` are out."""
+
+    spec: KeySpec
+    lo: float
+    hi: float
+    out_uri: str  # this task's candidate file for the method
+    with_embedding: bool
+    boundary_counts_only: bool = False  # a boundary of equal keys: return per-file counts, not every row
+
+
+@dataclass
+class Boundary:
+    """The boundary rows a task saw for one method: ``(key, file, row)`` each, or per-file counts."""
+
+    keys: np.ndarray
+    files: np.ndarray
+    rows: np.ndarray
+    written: int
+
+    @classmethod
+    def empty(cls) -> Boundary:
+        return cls(np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
+
+
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("key", pa.float64()),
+        ("file", pa.int64()),
+        ("row", pa.int64()),
+        ("id", pa.string()),
+        ("ecle", pa.float32()),
+        ("proximity", pa.float32()),
+        ("label", pa.string()),
+    ]
+)
+
+
+def _embedding_rows(uri: str, rows: np.ndarray) -> pa.Array:
+    fs, path = storage.filesystem(uri)
+    with fs.open_input_file(path) as f:
+        col = pq.read_table(f, columns=["embedding"]).column("embedding")
+    return col.take(pa.array(rows)).combine_chunks()
+
+
+def candidates_pass(files: list[str], first_file: int, plans: list[CandidatePlan]) -> list[Boundary]:
+    """Write each method's candidate rows of these files (file indices from ``first_file``) and return each
+    method's boundary rows."""
+    columns = ["id", "ecle", "proximity", "label"]
+    parts: list[list[pa.Table]] = [[] for _ in plans]
+    bounds: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in plans]
+    for offset, uri in enumerate(files):
+        file_index = first_file + offset
+        table, rows = read_usable(uri, columns)
+        for i, plan in enumerate(plans):
+            keys = plan.spec.keys(table)
+            keep = np.flatnonzero(keys >= plan.lo)
+            if not len(keep):
+                continue
+            sub = table.take(pa.array(keep))
+            t = pa.table(
+                {
+                    "key": pa.array(keys[keep], pa.float64()),
+                    "file": pa.array(np.full(len(keep), file_index, np.int64)),
+                    "row": pa.array(rows[keep], pa.int64()),
+                    "id": sub.column("id").cast(pa.string()),
+                    "ecle": sub.column("ecle").cast(pa.float32()),
+                    "proximity": sub.column("proximity").cast(pa.float32()),
+                    "label": sub.column("label").cast(pa.string()),
+                },
+                schema=CANDIDATE_SCHEMA,
+            )
+            if plan.with_embedding:
+                t = t.append_column("embedding", _embedding_rows(uri, rows[keep]))
+            parts[i].append(t)
+            edge = keep[keys[keep] < plan.hi]
+            bounds[i].append((keys[edge], np.full(len(edge), file_index, np.int64), rows[edge]))
+    out = []
+    for i, plan in enumerate(plans):
+        written = sum(t.num_rows for t in parts[i])
+        if parts[i]:
+            storage.write_parquet(pa.concat_tables(parts[i]), plan.out_uri)
+        if not bounds[i]:
+            out.append(Boundary.empty())
+            continue
+        keys = np.concatenate([b[0] for b in bounds[i]])
+        f = np.concatenate([b[1] for b in bounds[i]])
+        r = np.concatenate([b[2] for b in bounds[i]])
+        if plan.boundary_counts_only:  # every boundary key is equal: per-file counts are all the cut needs
+            uniq, counts = np.unique(f, return_counts=True)
+            out.append(Boundary(np.zeros(0), uniq, counts, written))
+        else:
+            out.append(Boundary(keys, f, r, written))
+    return out
+
+
+def boundary_rows_of_file(uri: str, spec: KeySpec, lo: float, hi: float) -> np.ndarray:
+    """Row numbers, in order, of one file's usable rows whose key lies in ``[lo, hi)``."""
+    columns = ["ecle", "proximity"] + (["id"] if spec.needs_id else [])
+    table, rows = read_usable(uri, columns)
+    keys = spec.keys(table)
+    return rows[(keys >= lo) & (keys < hi)]
