@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mak_ray.kcenter import default_per_shard_k, greedy_k_center, grouped, nearest, two_stage_k_center
 from mak_ray.kcenter import greedy as kc
+from mak_ray.kcenter import greedy_k_center, grouped, nearest
 
 
 def ref_dist_matrix(a: np.ndarray, c: np.ndarray, metric: str) -> np.ndarray:
@@ -181,53 +181,6 @@ def test_zero_vectors_fine_under_euclidean():
     assert picks.tolist() == [0, 1] and radii.tolist() == [0.0, 0.0]
 
 
-# ---------------------------------------------------------------- two-stage
-
-
-def test_default_per_shard_budget():
-    assert default_per_shard_k(10, [50, 30, 20]) == [10, 6, 4]
-    assert default_per_shard_k(10, [1, 99]) == [1, 20]
-    assert default_per_shard_k(5, [3, 3]) == [3, 3]  # clipped to the shard size
-
-
-@settings(max_examples=25, deadline=None)
-@given(st.integers(0, 10_000), st.integers(1, 5), st.sampled_from(["cosine", "euclidean"]), st.booleans())
-def test_two_stage_radius_within_documented_bound(seed, n_shards, metric, with_init):
-    rng = np.random.default_rng(seed)
-    n, k = 120, int(rng.integers(1, 25))
-    x = rng.normal(size=(n, 4)) + (rng.integers(0, 3, size=(n, 1)) * 4)
-    init = rng.normal(size=(5, 4)) if with_init else None
-    cuts = np.sort(rng.choice(np.arange(1, n), size=n_shards - 1, replace=False))
-    shards = np.split(x, cuts)
-    stats: dict = {}
-    ids, radii = two_stage_k_center(shards, k, init, metric=metric, use_ray=False, stats=stats)
-    assert len(set(ids.tolist())) == k
-    assert np.all(np.diff(radii) <= 1e-12)
-    centers = list(x[ids]) + ([] if init is None else list(init))
-    full = covering_radius(x, centers, metric)
-    assert full <= stats["radius_bound"] * (1 + 1e-9) + 1e-9
-    single = ref_greedy(x, k, init, metric)[1][-1]
-    # the bound itself: with enough per-shard budget it collapses to single-stage-like quality
-    assert stats["radius_bound"] >= full >= 0 and single >= 0
-
-
-def test_two_stage_on_ray_equals_in_process_and_returns_global_ids(ray_session):
-    rng = np.random.default_rng(11)
-    x = rng.normal(size=(300, 8)).astype(np.float32)
-    init = rng.normal(size=(20, 8)).astype(np.float32)
-    shards = [x[:100], x[100:180], x[180:]]
-    local_ids, local_r = two_stage_k_center(shards, 25, init, use_ray=False)
-    ray_ids, ray_r = two_stage_k_center(shards, 25, init)
-    assert np.array_equal(local_ids, ray_ids) and np.array_equal(local_r, ray_r)
-    named = [(np.array([f"s{j}-{i}" for i in range(len(s))]), s) for j, s in enumerate(shards)]
-    str_ids, _ = two_stage_k_center(named, 25, init, use_ray=False)
-    offsets = {0: 0, 1: 100, 2: 180}
-    assert [offsets[int(s[1])] + int(s.split("-")[1]) for s in str_ids] == local_ids.tolist()
-    # with every shard keeping all its points, two-stage is exactly single-stage greedy
-    full_ids, _ = two_stage_k_center(shards, 25, init, per_shard_k=1000, use_ray=False)
-    assert np.array_equal(full_ids, greedy_k_center(x, 25, init)[0])
-
-
 def test_replay_excess_matches_brute_force():
     rng = np.random.default_rng(21)
     x = kc.prepare_points("x", rng.normal(size=(150, 6)), "cosine")
@@ -242,61 +195,3 @@ def test_replay_excess_matches_brute_force():
     assert math.isclose(full_d2, after[:, -1].max(), abs_tol=1e-12) and 0 < margin < 1e-9
     _, _, state = kc.greedy_with_init_state(x, 3, init)  # reused nearest-init state: same answer
     np.testing.assert_allclose(kc.replay_excess(x, init, state, centers, profile2)[0], want, atol=1e-9)
-
-
-def clustered(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(12, 16))
-    return (centers[rng.integers(0, 12, n)] + 0.6 * rng.normal(size=(n, 16))).astype(np.float32)
-
-
-@pytest.mark.parametrize("with_init", [False, True])
-def test_two_stage_refinement_converges_to_single_stage_picks(with_init):
-    x = clustered(3000, 5)
-    init = clustered(200, 6)[:, :] if with_init else None
-    shards = np.array_split(x, 4)
-    stats: dict = {}
-    ids, radii = two_stage_k_center(shards, 60, init, use_ray=False, stats=stats)
-    single, single_r = greedy_k_center(x, 60, init)
-    assert stats["converged"] and stats["rounds"] >= 2  # plain two-stage was not enough here
-    assert stats["added_per_round"][0] > 0 and stats["added_per_round"][-1] == 0
-    assert ids.tolist() == single.tolist()
-    np.testing.assert_allclose(radii, single_r, rtol=1e-5, atol=1e-6)
-    full = covering_radius(x, list(x[ids]) + ([] if init is None else list(init)), "cosine")
-    assert math.isclose(stats["full_radius"], full, rel_tol=1e-4)
-    assert full <= stats["radius_bound"]
-
-
-def test_two_stage_stops_after_max_rounds_with_best_round(monkeypatch):
-    from mak_ray.kcenter import two_stage
-
-    x = clustered(3000, 5)
-    monkeypatch.setattr(two_stage, "MAX_ROUNDS", 1)
-    stats: dict = {}
-    ids, _ = two_stage_k_center(np.array_split(x, 4), 60, use_ray=False, stats=stats)
-    assert stats["rounds"] == 1 and not stats["converged"] and len(set(ids.tolist())) == 60
-    full = covering_radius(x, x[ids], "cosine")
-    assert math.isclose(stats["full_radius"], full, rel_tol=1e-4) and full <= stats["radius_bound"]
-
-
-@pytest.mark.parametrize(
-    "shards,k,kwargs,match",
-    [
-        ([], 1, {}, "shards is empty"),
-        ([np.ones((3, 2)), np.ones((0, 2))], 1, {}, "shard 1 is empty"),
-        ([np.ones((3, 2)), np.ones((3, 4))], 1, {}, "dimension mismatch"),
-        ([np.ones((3, 2))], 4, {}, "larger than"),
-        ([np.ones((3, 2)), np.ones((3, 2))], 4, {"per_shard_k": 1}, "add up to 2 < k=4"),
-        ([np.array([[np.nan, 1.0]])], 1, {}, "NaN"),
-    ],
-)
-def test_two_stage_bad_input(shards, k, kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        two_stage_k_center(shards, k, use_ray=False, **kwargs)
-
-
-def test_bound_formula_cosine_is_triangle_in_chord_space():
-    # 1 - cos = e^2 / 2 with e the chord length; the bound adds chords
-    r1, r2 = 0.2, 0.1
-    e = math.sqrt(2 * r1) + math.sqrt(2 * r2)
-    assert math.isclose(e * e / 2, (math.sqrt(r1) + math.sqrt(r2)) ** 2)

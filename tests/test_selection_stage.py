@@ -123,11 +123,24 @@ def test_random_is_seeded_and_usable_only(fake_run, ray_session):
 
 
 def test_two_stage_option(fake_run, ray_session):
-    cfg, ids, *_ = fake_run
+    """Two-stage K-center on shard actors: K distinct picks among the candidates, and the radius it reports
+    covers every candidate."""
+    from mak_ray.select import candidate_count, ranking_key, top_positions
+
+    cfg, ids, ecle, prox, emb, target = fake_run
     cfg.select.kcenter_shards = 3
     summary, got = _run(cfg, "mak")
-    assert len(set(got)) == 40 and set(got) <= set(ids.tolist())
-    assert "two_stage" in summary
+    key = ranking_key("mak", ecle=ecle, proximity=prox, stats=ScoreStats.empty().update(ecle, prox))
+    cand = top_positions(key, candidate_count("mak", 40, 1.5, len(ids)))
+    assert len(set(got)) == 40 and set(got) <= set(ids[cand].tolist())
+    info = summary["two_stage"]
+    assert sum(info["shard_sizes"]) == len(cand) and info["cut_short"] == []
+    pos = {v: i for i, v in enumerate(ids.tolist())}
+    centers = np.vstack([emb[[pos[g] for g in got]], target])
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    full = float((1 - unit(emb[cand]) @ unit(centers).T).min(1).max())
+    assert full <= info["radius_bound"] + 1e-5
+    assert summary["radius_first_last"][1] == pytest.approx(info["radius_bound"])
 
 
 def test_budget_larger_than_usable_pool_is_refused(fake_run, ray_session):
@@ -164,3 +177,28 @@ def test_ties_refinement_and_task_count_change_nothing(tmp_path, method, one_tas
         seed=cfg.run.seed,
     )
     assert got == [str(i) for i in want.ids]
+
+
+def test_kcenter_device_is_resolved_against_the_cluster(fake_run, ray_session):
+    from mak_ray.config import ConfigError
+    from mak_ray.stages.select import kcenter_device
+
+    cfg, *_ = fake_run
+    assert kcenter_device(cfg) == "cpu"  # auto, and the test cluster has no GPU
+    cfg.select.kcenter_device = "cpu"
+    assert kcenter_device(cfg) == "cpu"
+    cfg.select.kcenter_device = "cuda"
+    with pytest.raises(ConfigError, match="select.kcenter_device.*no GPU"):
+        kcenter_device(cfg)
+    with pytest.raises(ConfigError, match="select.kcenter_device.*no GPU"):
+        _run(cfg, "mak")
+
+
+def test_kcenter_baseline_over_its_memory_bound_is_refused(fake_run, ray_session):
+    from mak_ray.config import ConfigError
+
+    cfg, *_ = fake_run
+    cfg.select.kcenter_max_bytes = 1000
+    with pytest.raises(ConfigError, match="select.kcenter_shards") as err:
+        _run(cfg, "kcenter")
+    assert "select.kcenter_max_bytes" in str(err.value)

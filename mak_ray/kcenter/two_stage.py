@@ -1,254 +1,273 @@
-"""Sharded two-stage greedy K-center on Ray, with verified refinement of stage 2.
+"""Two-stage greedy K-center: spatial shards run greedy apart (on Ray actors), then one merge by pick distance.
 
-Stage 1: every shard runs exact greedy K-center on its own Ray task, seeded
-with the same ``init`` (put in the object store once), and keeps a local
-coreset.  Stage 2: greedy K-center over the union of the coresets picks ``k``
-points, again seeded with ``init``.
+Stage 1: the points are cut into ``S`` spatial shards (spherical K-means on a sample; each point goes to its
+nearest centroid), and each shard runs the exact greedy K-center (:func:`~mak_ray.kcenter.greedy_k_center`)
+on its own points, seeded with the same ``init``, for a budget of ``b_j = ceil(SLACK * k * n_j / N)`` picks
+(``per_shard_k`` overrides it). A pick's *pick distance* is the shard's radius just before it.
 
-Refinement (why: plain two-stage missed the goal).  Measured on the
-clustered 128-d bench data (4 shards), the plain union greedy gave a full-set
-radius 1.27-1.44x single-stage greedy, and a larger stage-1 budget did not fix
-it (k per shard: 1.42x at 100k; 4k per shard at 20k: 1.16x mean): in high
-dimension a point's offset from its coreset representative adds to the
-representative's distance from the picks.  A radius-aware stage 2 (rank by
-distance + carried stage-1 radius) was worse (1.19-1.46x).  So every shard
-*replays* the stage-2 picks in order over all its points (pruned like the
-greedy, see ``greedy.replay_excess``) and reports the points that were ever
-farther from init + the first i picks than the union's radius after i picks;
-up to its stage-1 budget of them, most exceeding first, join the union and
-stage 2 runs again.  When no shard reports a point, the stage-2 greedy
-radius after every pick is the full-set radius, so the picks are those of
-single-stage greedy on all candidates (up to ties and float rounding);
-measured: converged in 3-4 rounds at 20k (k=200) and 8 at 100k (k=1000),
-ratio 1.000.  At most ``MAX_ROUNDS`` rounds run; the round with the smallest
-full-set radius (ties: the earliest) is returned.
+Stage 2, the merge: the ``k`` picks with the largest pick distances over all shards (ties: shard, then pick
+order). Each shard's pick distances fall, so the selection is every shard's first ``c_j`` picks. A shard that
+spent its whole budget while its radius is still above the merge's cut is cut short: its budget doubles and it
+runs again (only those shards; the earlier picks repeat exactly), until no shard is cut short.
 
-Radius bound (what the tests check).  Let ``r1_j`` be shard j's final
-stage-1 radius and ``r2`` the final stage-2 radius over the returned round's
-union, all in the metric's Euclidean form (``e = sqrt(2 * (1 - cos))`` for
-cosine).  Every candidate x of shard j is within ``r1_j`` of an init point or
-a stage-1 coreset point u (the union always holds the coresets), and u is
-within ``r2`` of init or a final pick, so by the triangle inequality the
-covering radius of the FULL candidate set by init + picks is
+Bound: each point of shard ``j`` is within ``r_j`` of ``init`` and shard ``j``'s selected picks, ``r_j`` being
+the shard's radius after its ``c_j`` picks. So the covering radius of all the points by ``init`` and the
+selection is at most ``R = max_j r_j``, which is the next pick distance in the merged order: the radius
+reported after the last pick. Points of a shard near its border may be covered closer by another shard's
+picks, so the true radius can be smaller, never larger. With one shard the picks are the greedy's own.
 
-    R_full <= max_j r1_j + r2            (euclidean)
-    R_full <= (sqrt(max r1) + sqrt(r2))^2 (cosine distance, since 1-cos = e^2/2)
-
-and the replay also measures R_full exactly (``stats['full_radius']``).
-
-Default per-shard budget: ``ceil(2 * k * n_s / N)`` clipped to [1, n_s], so
-the stage-1 union holds about 2k points; pass ``per_shard_k`` (an int for all
-shards or one int per shard) to change it.  The union must hold at least k
-points.  It also caps how many points a shard adds per round.
+Spatial shards matter: with shards drawn at random, every region's points are split over all shards and
+each shard covers its part alone, so the radius grows with the number of shards.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from mak_ray.validate import check_k, check_metric, check_same_dim
 
-from .greedy import greedy_with_init_state, prepare_points, replay_excess, to_radius
+from .greedy import greedy_k_center, prepare_points, to_radius
 
 log = logging.getLogger(__name__)
 
+SLACK = 1.1  # stage-1 budgets add up to about SLACK * k
+SAMPLE_PER_SHARD = 256  # points per shard in the sample the spatial centroids are fitted on
+MAX_ROUNDS = 8
 
-def default_per_shard_k(k: int, sizes: Sequence[int]) -> list[int]:
-    """About 2k in total, in proportion to shard size: ceil(2 k n_s / N) clipped to [1, n_s]."""
+
+def spatial_centroids(sample: np.ndarray, shards: int, metric: str, seed: int = 0) -> np.ndarray:
+    """``shards`` centroids of ``sample`` (spherical K-means for cosine, plain for euclidean)."""
+    import faiss
+
+    x = np.ascontiguousarray(prepare_points("sample", sample, metric), dtype=np.float32)
+    shards = min(shards, len(x))
+    km = faiss.Kmeans(x.shape[1], shards, niter=20, seed=int(seed), spherical=metric == "cosine")
+    km.cp.min_points_per_centroid = 1
+    km.train(x)
+    return np.asarray(km.centroids, np.float32).reshape(shards, x.shape[1])
+
+
+def nearest_centroid(points: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:
+    """Index of each point's nearest centroid (blocked, so memory stays bounded)."""
+    x = prepare_points("points", points, metric).astype(np.float32, copy=False)
+    c = centroids.astype(np.float32)
+    sqc = (c * c).sum(1)
+    out = np.empty(len(x), np.int64)
+    for s in range(0, len(x), 65536):
+        b = x[s : s + 65536]
+        out[s : s + 65536] = (sqc[None, :] - 2.0 * b @ c.T).argmin(1)
+    return out
+
+
+@dataclass
+class ShardPicks:
+    """One shard's stage-1 result: its picks (local indices), each pick's distance, and its radius after the
+    last pick (0 when it picked all its points)."""
+
+    picks: np.ndarray
+    pick_distance: np.ndarray
+    final_radius: float
+    size: int
+
+
+class ShardWorker:
+    """Stage 1 for one spatial shard: holds its points (and the init) and runs the greedy for a budget.
+
+    ``load`` returns the shard's points (already restricted to the shard); it runs where the worker runs, so
+    on Ray the points are read there and never pass through the caller.
+    """
+
+    def __init__(self, load: Callable[[], Any], init: Any, metric: str, device: str = "cpu") -> None:
+        loaded = load()
+        # a loader may return (points, rows): rows (any table with take()) travel with the points
+        self.points, self.rows = loaded if isinstance(loaded, tuple) else (loaded, None)
+        self.init = None if init is None else np.asarray(init)
+        self.metric, self.device = metric, device
+        self.last: ShardPicks | None = None
+
+    def size(self) -> int:
+        return len(self.points)
+
+    def run(self, budget: int) -> ShardPicks:
+        n = len(self.points)
+        budget = min(int(budget), n)
+        if budget <= 0:
+            return ShardPicks(np.zeros(0, np.int64), np.zeros(0), 0.0 if n == 0 else math.inf, n)
+        picks, radii = greedy_k_center(self.points, budget, self.init, metric=self.metric, device=self.device)
+        first = _distance_to(self.points[picks[0]], self.init, self.metric)
+        pick_distance = np.concatenate([[first], radii[:-1]])
+        final = 0.0 if budget == n else float(radii[-1])
+        self.last = ShardPicks(np.asarray(picks, np.int64), pick_distance, final, n)
+        return self.last
+
+    def selected_rows(self, count: int) -> Any:
+        """The rows of the last run's first ``count`` picks, in pick order (None for no rows)."""
+        import pyarrow as pa
+
+        if count == 0 or self.rows is None or self.last is None:
+            return None
+        return self.rows.take(pa.array(self.last.picks[:count]))
+
+
+def _distance_to(point: np.ndarray, init: np.ndarray | None, metric: str) -> float:
+    """The metric distance from ``point`` to its nearest init point (inf without init)."""
+    if init is None or len(init) == 0:
+        return math.inf
+    p = prepare_points("point", point[None, :], metric)
+    c = prepare_points("init", init, metric)
+    d2 = float(np.maximum(((c - p) ** 2).sum(1), 0.0).min())
+    return float(to_radius(d2, metric))
+
+
+@dataclass
+class Merge:
+    """The merge of every shard's picks: ``order`` (shard, pick index) of the ``k`` selected picks, the radius
+    bound after each, how many picks each shard gives, and the shards cut short by their budget."""
+
+    order: np.ndarray  # [k, 2]: (shard, index into that shard's picks)
+    radii: np.ndarray  # [k]: the bound R after each pick
+    counts: np.ndarray  # [S]
+    cut_short: list[int]
+
+
+def merge_picks(results: list[ShardPicks], k: int) -> Merge:
+    """The ``k`` picks of largest pick distance (ties: shard, then pick order).
+
+    Each shard also contributes a trailing entry, its radius after its last pick. In the merged order the
+    radius after a pick is then the distance of the next entry, raised by the trailing entry of any shard
+    whose picks all came earlier (a shard cut short by its budget).
+    """
+    dist, shard, idx, real = [], [], [], []
+    for j, r in enumerate(results):
+        m = len(r.picks)
+        dist.append(np.concatenate([r.pick_distance, [r.final_radius]]))
+        shard.append(np.full(m + 1, j))
+        idx.append(np.arange(m + 1))
+        real.append(np.concatenate([np.ones(m, bool), [False]]))
+    dist_a, shard_a, idx_a, real_a = (np.concatenate(v) for v in (dist, shard, idx, real))
+    order = np.lexsort((idx_a, shard_a, -dist_a))
+    d, is_real = dist_a[order], real_a[order]
+    take = np.flatnonzero(is_real)
+    if len(take) < k:
+        raise ValueError(f"the shards picked {len(take)} points in all, fewer than k={k}")
+    pos = take[:k]
+    passed = np.maximum.accumulate(np.where(is_real, -np.inf, d))  # trailing entries seen so far
+    radii = np.maximum(d[pos + 1], passed[pos])
+    head = order[: pos[-1] + 1]
+    cut_short = sorted(int(shard_a[i]) for i in head[~real_a[head]] if results[shard_a[i]].final_radius > 0)
+    chosen = order[pos]
+    counts = np.bincount(shard_a[chosen], minlength=len(results))
+    return Merge(np.stack([shard_a[chosen], idx_a[chosen]], axis=1), radii, counts, cut_short)
+
+
+def budgets(k: int, sizes: list[int], per_shard_k: int | None = None) -> list[int]:
+    """``ceil(SLACK * k * n_j / N)`` per shard (or ``per_shard_k``), at most the shard's size."""
     total = sum(sizes)
-    return [min(n_s, max(1, math.ceil(2 * k * n_s / total))) for n_s in sizes]
+    if per_shard_k is not None:
+        return [min(int(per_shard_k), n) for n in sizes]
+    return [min(n, max(1, math.ceil(SLACK * k * n / total))) for n in sizes]
 
 
-def _split_shard(i: int, shard: Any, offset: int) -> tuple[np.ndarray, Any]:
-    if isinstance(shard, tuple):
-        if len(shard) != 2:
-            raise ValueError(f"shard {i}: expected an array or an (ids, embeddings) pair")
-        ids, emb = shard
-        ids = np.asarray(ids)
-        if len(ids) != len(emb):
-            raise ValueError(f"shard {i}: {len(ids)} ids for {len(emb)} embeddings")
-        return ids, emb
-    return np.arange(offset, offset + len(shard), dtype=np.int64), shard
+def run_two_stage(
+    workers: list[Any], k: int, per_shard_k: int | None, remote: bool
+) -> tuple[Merge, dict, list[ShardPicks]]:
+    """Stage 1 on ``workers`` (``ShardWorker``s, or their Ray actor handles with ``remote``), then the merge,
+    repeating for shards cut short by their budget."""
+    import ray
+
+    def call(w, name, *args):
+        return getattr(w, name).remote(*args) if remote else getattr(w, name)(*args)
+
+    def get(x):
+        return ray.get(x) if remote else x
+
+    sizes = [int(s) for s in get([call(w, "size") for w in workers])]
+    if sum(sizes) < k:
+        raise ValueError(f"k={k} is larger than the number of points ({sum(sizes)})")
+    b = budgets(k, sizes, per_shard_k)
+    while sum(b) < k:  # explicit budgets that cannot hold k picks grow, as a cut-short shard's do
+        b = [min(n, 2 * bj) for n, bj in zip(sizes, b)]
+    results = get([call(w, "run", bj) for w, bj in zip(workers, b)])
+    rounds = 1
+    merged = merge_picks(results, k)
+    while merged.cut_short and rounds < MAX_ROUNDS:
+        rounds += 1
+        for j in merged.cut_short:
+            b[j] = min(sizes[j], 2 * b[j])
+        redo = {j: call(workers[j], "run", b[j]) for j in merged.cut_short}
+        for j, ref in redo.items():
+            results[j] = get(ref)
+        merged = merge_picks(results, k)
+        log.info("two-stage round %d: shards %s ran again with larger budgets", rounds, merged.cut_short)
+    info = {
+        "shards": len(workers),
+        "shard_sizes": sizes,
+        "per_shard_k": b,
+        "union_size": int(sum(len(r.picks) for r in results)),
+        "rounds": rounds,
+        "cut_short": merged.cut_short,
+        "radius_bound": float(merged.radii[-1]),
+    }
+    return merged, info, results
 
 
 def two_stage_k_center(
-    shards: Sequence[Any],
+    points: Any,
     k: int,
     init: Any = None,
     *,
-    per_shard_k: int | Sequence[int] | None = None,
+    shards: int = 4,
+    per_shard_k: int | None = None,
     metric: str = "cosine",
     use_ray: bool = True,
-    num_cpus: float = 1,
+    seed: int = 0,
     stats: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pick ``k`` points from sharded candidates: ``(global ids in pick order, stage-2 radii)``.
+    """Pick ``k`` of ``points`` [N, D]: ``(indices in pick order, radius bound after each pick)``.
 
-    ``shards``: a list of [n_s, D] arrays (ids are then positions in their
-    concatenation) or of ``(ids, embeddings)`` pairs (those ids come back).
-    ``use_ray=False`` runs stage 1 in-process with identical results.
-    ``stats`` (a dict) receives ``stage1_radius`` per shard, ``per_shard_k``
-    and ``radius_bound`` (the documented bound on the full-set radius).
+    ``stats`` (a dict) receives the shard sizes, budgets, union size, rounds and the bound.
     """
     metric = check_metric(metric)
-    if len(shards) == 0:
-        raise ValueError("shards is empty")
-    ids_list, embs = [], []
-    offset = 0
-    for i, shard in enumerate(shards):
-        ids, emb = _split_shard(i, shard, offset)
-        emb = prepare_points(f"shard {i}", emb, metric)
-        if len(emb) == 0:
-            raise ValueError(f"shard {i} is empty")
-        if embs:
-            check_same_dim("shard 0", embs[0], f"shard {i}", emb)
-        ids_list.append(ids)
-        embs.append(emb)
-        offset += len(emb)
-    sizes = [len(e) for e in embs]
-    k = check_k(k, sum(sizes))
+    x = prepare_points("points", points, metric)
+    k = check_k(k, len(x))
     init_np = None if init is None else prepare_points("init", init, metric)
     if init_np is not None:
-        check_same_dim("shard 0", embs[0], "init", init_np)
-    # one working dtype (float32 unless a shard is float64), as greedy_k_center casts init
-    dtype = np.result_type(*embs)
-    embs = [e.astype(dtype, copy=False) for e in embs]
-    if init_np is not None:
-        init_np = init_np.astype(dtype, copy=False) if len(init_np) else None
-
-    if per_shard_k is None:
-        budgets = default_per_shard_k(k, sizes)
-    elif isinstance(per_shard_k, (int, np.integer)):
-        budgets = [min(int(per_shard_k), n_s) for n_s in sizes]
-    else:
-        budgets = [min(int(b), n_s) for b, n_s in zip(per_shard_k, sizes, strict=True)]
-    if any(b <= 0 for b in budgets):
-        raise ValueError(f"per_shard_k must be positive, got {per_shard_k}")
-    if sum(budgets) < k:
-        raise ValueError(f"the per-shard budgets {budgets} add up to {sum(budgets)} < k={k}")
-
-    stage1 = _run_stage1(embs, budgets, init_np, use_ray, num_cpus)
-    picks, d2s, info = _refine(embs, budgets, init_np, stage1, k, use_ray, num_cpus)
-    ids_all = [ids_list[j][info["union_local"][info["union_shard"] == j]] for j in range(len(embs))]
-    union_ids = np.concatenate(ids_all)
-    r1 = np.array([to_radius(r[-1], metric) for _, r, _ in stage1], dtype=np.float64)
-    radii = to_radius(d2s, metric)
-    if stats is not None:
-        r2 = float(radii[-1])
-        if metric == "cosine":
-            bound = (math.sqrt(r1.max()) + math.sqrt(r2)) ** 2
-        else:
-            bound = float(r1.max()) + r2
-        stats.update(
-            stage1_radius=r1,
-            per_shard_k=budgets,
-            union_size=len(union_ids),
-            radius_bound=bound,
-            full_radius=float(to_radius(info["full_d2"], metric)),
-            rounds=info["rounds"],
-            converged=info["converged"],
-            added_per_round=info["added"],
-        )
-    log.info(
-        "two-stage k-center: %d shards, union %d, k %d, %d rounds, converged %s",
-        len(embs),
-        len(union_ids),
-        k,
-        info["rounds"],
-        info["converged"],
-    )
-    return union_ids[picks], radii
-
-
-MAX_ROUNDS = 10
-
-
-def _refine(
-    embs: list[np.ndarray],
-    budgets: list[int],
-    init: np.ndarray | None,
-    stage1: list[tuple[np.ndarray, np.ndarray, Any]],
-    k: int,
-    use_ray: bool,
-    num_cpus: float,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Stage 2 with replay checks (module docstring): best round's (union picks, squared radii, info)."""
-    shard_of = np.concatenate([np.full(len(p), j) for j, (p, _, _) in enumerate(stage1)])
-    local = np.concatenate([p for p, _, _ in stage1])
-    d0_max = -math.inf if init is None else max(float(st[0].max()) for _, _, st in stage1)
+        check_same_dim("points", x, "init", init_np)
+        init_np = init_np.astype(x.dtype, copy=False) if len(init_np) else None
+    rng = np.random.default_rng(seed)
+    sample = x[rng.choice(len(x), min(len(x), SAMPLE_PER_SHARD * shards), replace=False)]
+    cells = nearest_centroid(x, spatial_centroids(sample, shards, metric, seed), metric)
+    members = [np.flatnonzero(cells == j) for j in range(cells.max() + 1)]
+    members = [m for m in members if len(m)]
     if use_ray:
         import ray
 
-        init_ref = ray.put(init)
-        shard_refs = [(ray.put(e), ray.put(st)) for e, (_, _, st) in zip(embs, stage1)]
-        task = ray.remote(replay_excess).options(num_cpus=num_cpus)
-    best: tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
-    added: list[int] = []
-    converged = False
-    rounds = 0
-    for rounds in range(1, MAX_ROUNDS + 1):
-        order = np.lexsort((local, shard_of))  # union in concatenation order: ties as single-stage
-        shard_of, local = shard_of[order], local[order]
-        union = np.concatenate([embs[j][local[shard_of == j]] for j in range(len(embs))])
-        picks, d2s, _ = greedy_with_init_state(union, k, init)
-        centers = np.ascontiguousarray(union[picks])
-        profile2 = np.concatenate([[math.inf if init is None else d0_max], d2s])
-        if use_ray:
-            c_ref = ray.put(centers)
-            outs = ray.get([task.remote(e, init_ref, st, c_ref, profile2) for e, st in shard_refs])
-        else:
-            outs = [replay_excess(e, init, st, centers, profile2) for e, (_, _, st) in zip(embs, stage1)]
-        full_d2 = max(o[1] for o in outs)
-        if best is None or full_d2 < best[0]:
-            best = (full_d2, picks, d2s, shard_of.copy(), local.copy())
-        new_shard, new_local = [], []
-        for j, (excess, _, _) in enumerate(outs):
-            excess = np.array(excess)  # Ray hands back read-only arrays
-            excess[local[shard_of == j]] = -np.inf  # union members are covered by definition
-            over = np.flatnonzero(excess > 0.0)
-            over = over[np.argsort(-excess[over], kind="stable")[: budgets[j]]]
-            new_shard.append(np.full(len(over), j))
-            new_local.append(over)
-        n_new = sum(len(o) for o in new_local)
-        added.append(n_new)
-        if n_new == 0:
-            converged = True
-            break
-        shard_of = np.concatenate([shard_of, *new_shard])
-        local = np.concatenate([local, *new_local])
-        log.info("two-stage round %d: full radius^2 %.5f, %d points join the union", rounds, full_d2, n_new)
-    assert best is not None
-    full_d2, picks, d2s, shard_of, local = best
-    info = dict(
-        union_shard=shard_of,
-        union_local=local,
-        full_d2=full_d2,
-        rounds=rounds,
-        converged=converged,
-        added=added,
-    )
-    # union_ids must follow the union's row order: rows are grouped by shard in shard order
-    return picks, d2s, info
+        actor = ray.remote(ShardWorker)
+        x_ref = ray.put(x)
+        workers = [actor.remote(_Rows(x_ref, m), init_np, metric) for m in members]
+    else:
+        workers = [ShardWorker(_Rows(x, m), init_np, metric) for m in members]
+    merged, info, results = run_two_stage(workers, k, per_shard_k, use_ray)
+    ids = np.array([members[s][results[s].picks[i]] for s, i in merged.order], dtype=np.int64)
+    if stats is not None:
+        stats.update(info)
+    return ids, merged.radii
 
 
-def _run_stage1(
-    embs: list[np.ndarray],
-    budgets: list[int],
-    init: np.ndarray | None,
-    use_ray: bool,
-    num_cpus: float,
-) -> list[tuple[np.ndarray, np.ndarray, Any]]:
-    """Per shard: (coreset picks, squared radii, nearest-init state reused by the replays)."""
-    if not use_ray:
-        return [greedy_with_init_state(e, b, init) for e, b in zip(embs, budgets)]
-    import ray
+class _Rows:
+    """A loader of some rows of an array (an object reference on Ray): what a shard worker holds."""
 
-    task = ray.remote(greedy_with_init_state).options(num_cpus=num_cpus)
-    init_ref = ray.put(init)
-    refs = [task.remote(e, b, init_ref) for e, b in zip(embs, budgets)]
-    return ray.get(refs)
+    def __init__(self, array: Any, rows: np.ndarray) -> None:
+        self.array, self.rows = array, rows
+
+    def __call__(self) -> np.ndarray:
+        import ray
+
+        a = ray.get(self.array) if isinstance(self.array, ray.ObjectRef) else self.array
+        return np.ascontiguousarray(a[self.rows])

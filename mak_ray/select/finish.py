@@ -5,6 +5,7 @@ first, run K-center for the diverse methods, and write the selection."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +33,9 @@ class FinishSpec:
     loss_weight: float
     target_root: str  # the target's embedding output (K-center's initial centers)
     device: str  # K-center: "cpu" or "cuda"
-    shards: int = 1  # > 1: two-stage K-center over this many shards of the candidates
+    shards: int = 1  # > 1: two-stage K-center over this many spatial shards of the candidates
     per_shard_k: int | None = None
+    seed: int = 0
     metric: str = "cosine"
 
 
@@ -61,51 +63,134 @@ def load_candidates(uris: list[str], cut: Cut) -> pa.Table:
     return table.take(pa.array(order))
 
 
+class CandidateShard:
+    """Loads one spatial shard of a method's candidates where it runs: every candidate file is read in turn,
+    cut, and only the rows whose nearest centroid is ``index`` are kept (best first, as in one task)."""
+
+    def __init__(self, uris: list[str], cut: Cut, centroids: np.ndarray, index: int, metric: str) -> None:
+        self.uris, self.cut, self.centroids, self.index, self.metric = uris, cut, centroids, index, metric
+
+    def __call__(self) -> tuple[np.ndarray, pa.Table]:
+        from mak_ray.kcenter.two_stage import nearest_centroid
+
+        kept = []
+        for uri in self.uris:
+            t = load_candidates([uri], self.cut)
+            if not t.num_rows:
+                continue
+            cell = nearest_centroid(embeddings_matrix(t.column("embedding")), self.centroids, self.metric)
+            kept.append(t.take(pa.array(np.flatnonzero(cell == self.index))))
+        if not kept:
+            return np.zeros((0, self.centroids.shape[1]), np.float32), None
+        t = pa.concat_tables(kept)
+        order = np.lexsort(
+            (t.column("row").to_numpy(), t.column("file").to_numpy(), -t.column("key").to_numpy())
+        )
+        t = t.take(pa.array(order))
+        return embeddings_matrix(t.column("embedding")), t.drop_columns(["embedding"])
+
+
+def _sample(uris: list[str], cut: Cut, size: int, seed: int) -> np.ndarray:
+    """Embeddings of about ``size`` candidates from up to 64 candidate files chosen at random."""
+    rng = np.random.default_rng([seed, 0x5A])
+    files = [uris[i] for i in sorted(rng.choice(len(uris), min(len(uris), 64), replace=False))]
+    per_file = max(1, -(-size // len(files)))
+    parts = []
+    for uri in files:
+        emb = (
+            embeddings_matrix(load_candidates([uri], cut).column("embedding"))
+            if storage.exists(uri)
+            else None
+        )
+        if emb is not None and len(emb):
+            parts.append(emb[rng.choice(len(emb), min(len(emb), per_file), replace=False)])
+    return np.concatenate(parts)
+
+
+def shard_resources(shards: int, device: str) -> dict[str, Any]:
+    """Ray options for ``shards`` shard actors started from a task: spread over the nodes, each asking for a
+    share of the CPUs that leaves one for the task (all of them must be placed at once, or none proceeds)."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    opts: dict[str, Any] = {
+        "num_cpus": max(0.01, min(1.0, math.floor(100 * max(cpus - 1, 0) / shards) / 100)),
+        "scheduling_strategy": "SPREAD",
+    }
+    if device == "cuda":  # only when asked: an explicit num_gpus=0 changes how Ray reserves CPUs for actors
+        opts["num_gpus"] = 1.0 / shards
+    return opts
+
+
+def two_stage(spec: FinishSpec, uris: list[str], target: np.ndarray) -> tuple[pa.Table, np.ndarray, dict]:
+    """Two-stage K-center over the candidates, which stay in the shard actors: the chosen rows in pick order,
+    the radius bound after each pick, and the run's figures."""
+    import ray
+
+    from mak_ray.kcenter.two_stage import SAMPLE_PER_SHARD, ShardWorker, run_two_stage, spatial_centroids
+
+    sample = _sample(uris, spec.cut, spec.shards * SAMPLE_PER_SHARD, spec.seed)
+    centroids = spatial_centroids(sample, spec.shards, spec.metric, spec.seed)
+    actor = ray.remote(ShardWorker).options(**shard_resources(len(centroids), spec.device))
+    workers = [
+        actor.remote(
+            CandidateShard(uris, spec.cut, centroids, j, spec.metric), target, spec.metric, spec.device
+        )
+        for j in range(len(centroids))
+    ]
+    merged, info, _ = run_two_stage(workers, spec.k, spec.per_shard_k, remote=True)
+    if sum(info["shard_sizes"]) != spec.n_candidates:
+        raise RuntimeError(
+            f"select/{spec.method}: the shards hold {sum(info['shard_sizes'])} candidates, "
+            f"expected {spec.n_candidates}"
+        )
+    tables = [
+        t for t in ray.get([w.selected_rows.remote(int(c)) for w, c in zip(workers, merged.counts)]) if t
+    ]
+    offsets = np.concatenate([[0], np.cumsum(merged.counts)[:-1]])
+    chosen = pa.concat_tables(tables).take(pa.array(offsets[merged.order[:, 0]] + merged.order[:, 1]))
+    return chosen, merged.radii, info
+
+
 def finish(spec: FinishSpec, candidate_uris: list[str], out: SelectionOutput, summary: dict) -> dict:
     """Select ``spec.k`` rows for ``spec.method`` from its candidates and write them to ``out``."""
-    from mak_ray.kcenter import greedy_k_center, two_stage_k_center
+    from mak_ray.kcenter import greedy_k_center
     from mak_ray.score import load_valid_embeddings
 
     t0 = time.perf_counter()
-    cand = load_candidates(candidate_uris, spec.cut)
-    if cand.num_rows != spec.n_candidates:
-        raise RuntimeError(
-            f"select/{spec.method}: {cand.num_rows} candidates after the cut, expected {spec.n_candidates}"
-        )
     summary = dict(summary)
-    if spec.method in DIVERSE_METHODS:
-        emb = embeddings_matrix(cand.column("embedding"))
+    diverse = spec.method in DIVERSE_METHODS
+    if diverse and spec.shards > 1:
         target = load_valid_embeddings(spec.target_root)
         t1 = time.perf_counter()
-        if spec.shards > 1:
-            two_stage: dict = {}
-            parts = np.array_split(np.arange(len(emb)), spec.shards)
-            picks, radius = two_stage_k_center(
-                [(s, emb[s]) for s in parts],
-                spec.k,
-                init=target,
-                per_shard_k=spec.per_shard_k,
-                metric=spec.metric,
-                stats=two_stage,
+        chosen, radius, info = two_stage(spec, candidate_uris, target)
+        summary["two_stage"] = info
+    else:
+        cand = load_candidates(candidate_uris, spec.cut)
+        if cand.num_rows != spec.n_candidates:
+            raise RuntimeError(
+                f"select/{spec.method}: {cand.num_rows} candidates after the cut, expected {spec.n_candidates}"
             )
-            keep = ("per_shard_k", "union_size", "radius_bound", "full_radius", "rounds", "converged")
-            summary["two_stage"] = {k: two_stage[k] for k in keep if k in two_stage}
-        else:
+        if diverse:
+            emb = embeddings_matrix(cand.column("embedding"))
+            target = load_valid_embeddings(spec.target_root)
+            t1 = time.perf_counter()
             picks, radius = greedy_k_center(emb, spec.k, target, metric=spec.metric, device=spec.device)
+            picks = np.asarray(picks, np.int64)
+        else:
+            picks = np.arange(spec.k, dtype=np.int64)  # the candidates are the selection, best first
+        chosen = cand.take(pa.array(picks))
+    if diverse:
         summary["seconds_kcenter"] = round(time.perf_counter() - t1, 3)
         summary["kcenter_device"] = spec.device
         summary["radius_first_last"] = [float(radius[0]), float(radius[-1])] if len(radius) else []
-        picks = np.asarray(picks, np.int64)
-    else:
-        picks = np.arange(spec.k, dtype=np.int64)  # the candidates are the selection, best first
-    chosen = cand.take(pa.array(picks))
     e = chosen.column("ecle").to_numpy(zero_copy_only=False).astype(np.float64)
     p = chosen.column("proximity").to_numpy(zero_copy_only=False).astype(np.float64)
     score = mak_score(e, p, spec.loss_weight, ScoreStats.from_dict(spec.stats))
     table = pa.table(
         {
             "id": chosen.column("id").cast(pa.string()),
-            "order": pa.array(np.arange(len(picks)), pa.int64()),
+            "order": pa.array(np.arange(chosen.num_rows), pa.int64()),
             "ecle": pa.array(e, pa.float32()),
             "proximity": pa.array(p, pa.float32()),
             "score": pa.array(score, pa.float32()),

@@ -180,6 +180,7 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
             todo.append(method)
     if not todo:
         return summary
+    device = kcenter_device(cfg) if DIVERSE_METHODS & set(todo) else "cpu"  # refuse at once, not after passes
     t0 = time.perf_counter()
     files = part_files(layout.scores.root)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -231,7 +232,6 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
     cut = {m: _cut(intervals[m], boundaries[m], specs[m], files) for m in todo}
     t_cand = time.perf_counter() - t1
 
-    device = kcenter_device(cfg) if DIVERSE_METHODS & set(todo) else "cpu"
     finishing = {}
     for m in todo:
         spec = FinishSpec(
@@ -245,6 +245,7 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
             device=device if m in DIVERSE_METHODS else "cpu",
             shards=cfg.select.kcenter_shards,
             per_shard_k=cfg.select.per_shard_k,
+            seed=cfg.run.seed,
         )
         head = {
             "method": m,
