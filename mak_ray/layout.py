@@ -18,6 +18,10 @@ evaluate/<model>/  metrics.json, metrics.md
 report/            index.html, report_data.json, the plots as PNG
 ```
 
+Each stage folder, and each part folder of a stage made of parts (``select/<method>``, ``retrain/<method>``,
+``evaluate/<model>``), holds ``_SUCCESS`` (written last, with the stage's summary) and ``_FINGERPRINT.json``
+(what its output was made from, :mod:`mak_ray.fingerprint`).
+
 A *sharded output* (:class:`ShardedOutput`) is what the scoring engine writes: ``shard=<sid>/part-*.parquet``,
 one marker per finished shard under ``_markers/`` and ``summary.json``.
 """

@@ -216,7 +216,8 @@ def describe_inputs(cfg: MakConfig, stages: tuple[str, ...]) -> list[str]:
         shards = plan_from_config(uri, cfg.data)
         rows = [s.known_rows for s in shards]
         size = f"{sum(rows):,} images" if None not in rows else "images counted when read"
-        lines.append(f"data.{name}: {size} in {len(shards):,} shards ({shards[0].kind}) at {uri}")
+        n = f"{len(shards):,} shard{'s' if len(shards) != 1 else ''}"
+        lines.append(f"data.{name}: {size} in {n} ({shards[0].kind}) at {uri}")
     return lines
 
 
