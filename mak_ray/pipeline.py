@@ -130,10 +130,10 @@ def _prepare(unit: UnitState, layout: RunLayout) -> None:
 
 def _log_state(state: StageState) -> None:
     for unit in state.units():
-        if unit.status == STALE:
+        if unit.status == STALE and unit.reasons:
             log.warning("%s: stale (%s); it runs again", unit.key, "; ".join(unit.reasons))
         if unit.action == RESUME and unit.status == STALE:
-            log.info("%s: keeping the finished shards that are still in the input", unit.key)
+            log.info("%s: only its inputs changed: keeping the finished shards still in them", unit.key)
 
 
 def run_stage(

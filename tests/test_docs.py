@@ -22,7 +22,7 @@ from mak_ray.cli import build_parser
 from mak_ray.config import config_from_dict, load_config, merge_overrides
 from tests.docblocks import DOCS, KINDS, REPO, SHELL, Block, assignments, blocks, commands, expand
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ALL = [b for doc in DOCS for b in blocks(doc)]
 MARKED = [b for b in ALL if b.lang in (*SHELL, "yaml")]
