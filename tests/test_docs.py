@@ -146,3 +146,28 @@ def test_doc_paths_are_the_presets():
         cfg = yaml.safe_load((REPO / "configs" / cfg_file).read_text())
         for name in ("target", "pool", "eval_train", "eval_test"):
             assert cfg["data"][name] == f"demo-data/{preset}/{name}", (cfg_file, name)
+
+
+@pytest.mark.parametrize(
+    ("preset", "config", "make_args"), [("small", "demo-small.yaml", True), ("tiny", "tiny.yaml", False)]
+)
+def test_the_demo_runs_its_preset_config_as_written(monkeypatch, preset, config, make_args):
+    """``make demo`` (and ``mak-ray demo --preset tiny``) run exactly the preset file's config, so that
+    ``mak-ray pipeline -c configs/<preset>.yaml`` afterwards finds the same fingerprints and skips every stage."""
+    import mak_ray.demo.make as make
+    import mak_ray.pipeline as pipeline
+    from mak_ray.config import config_to_dict
+    from mak_ray.demo.run import run_demo
+
+    seen = []
+    paths = {n: f"demo-data/{preset}/{n}" for n in ("target", "pool", "eval_train", "eval_test")}
+    monkeypatch.setattr(make, "make_demo_data", lambda *a, **k: {"paths": paths, "suggested_budget": 1})
+    monkeypatch.setattr(pipeline, "run_pipeline", seen.append)
+    monkeypatch.chdir(REPO)
+    if make_args:  # the Makefile's call
+        mk = (REPO / "Makefile").read_text()
+        assert "--data-out $(DEMO_DATA) --output $(DEMO_OUT)" in mk and "DEMO_PRESET ?= small" in mk
+        run_demo(preset=preset, data_out=f"demo-data/{preset}", output=f"runs/demo-{preset}")
+    else:
+        run_demo(preset=preset)
+    assert config_to_dict(seen[0]) == config_to_dict(load_config(REPO / "configs" / config))
