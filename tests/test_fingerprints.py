@@ -124,18 +124,6 @@ def _every(stage: str, parts: list[str]) -> list[str]:
 LATER = [*_every("select", METHODS), *_every("retrain", METHODS), *_every("evaluate", METHODS), "report"]
 
 
-def test_a_rerun_with_nothing_changed_runs_nothing_and_status_says_done(run, capsys):
-    fake, config, _, tmp = run
-    pipeline.run_pipeline(config())
-    assert fake.reset() == []
-    code = cli_main(["status", *[f"{k}" for k in _overrides(config())]])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    for stage in STAGES:
-        assert any(line.split()[:2] == [stage, DONE] for line in out.splitlines()), (stage, out)
-    assert "shards" in out and "3 done, 0 to add, 0 to remove" in out
-
-
 def _overrides(cfg: MakConfig) -> list[str]:
     """The config as ``key=value`` overrides, for the CLI."""
     d = cfg.data
@@ -152,6 +140,18 @@ def _overrides(cfg: MakConfig) -> list[str]:
         f"model.width={cfg.model.width}",
         f"run.seed={cfg.run.seed}",
     ]
+
+
+def test_a_rerun_with_nothing_changed_runs_nothing_and_status_says_done(run, capsys):
+    fake, config, _, tmp = run
+    pipeline.run_pipeline(config())
+    assert fake.reset() == []
+    code = cli_main(["status", *_overrides(config())])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for stage in STAGES:
+        assert any(line.split()[:2] == [stage, DONE] for line in out.splitlines()), (stage, out)
+    assert "shards" in out and "3 done, 0 to add, 0 to remove" in out
 
 
 @pytest.mark.parametrize(
@@ -252,9 +252,8 @@ def test_a_grown_pool_keeps_the_finished_shards_and_reruns_what_reads_them(run, 
 
     pipeline.run_pipeline(cfg)
     ran = fake.reset()
-    assert [k for k in ran if k.startswith("score")] == ["score", next(k for k in ran if "shard=" in k)]
-    assert [k for k in ran if "shard=" in k] != []
-    assert len([k for k in ran if "shard=" in k]) == 1
+    assert "score" in ran
+    assert len([k for k in ran if k.startswith("score/shard=")]) == 1  # only the new shard was scored
     assert all(k in ran for k in LATER)
     for p in markers:
         assert p.stat().st_mtime_ns == mtimes[p.name]  # finished shards were not redone
