@@ -265,6 +265,7 @@ def test_scoring_actor_killed_mid_run_loses_and_duplicates_nothing(tiny_run, tmp
 def test_job_killed_mid_scoring_resumes_to_the_same_selection(tiny_run, tmp_path):
     """Kill the whole `python -m jobs.score` process tree mid-run; a rerun resumes and selects the same ids."""
     import os
+    import shutil
     import subprocess
     import sys
     import tempfile
@@ -304,6 +305,7 @@ def test_job_killed_mid_scoring_resumes_to_the_same_selection(tiny_run, tmp_path
     finally:
         proc.wait(timeout=30)
         stop_cluster(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert seen, "scoring never started before the time limit"
     n_shards = len(list(Path(RunLayout(cfg.run.output_uri).scores.markers_dir).iterdir()))
     assert n_markers < n_shards, "the job finished before it was killed; nothing was interrupted"
