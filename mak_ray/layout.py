@@ -18,6 +18,10 @@ evaluate/<model>/  metrics.json, metrics.md
 report/            index.html, report_data.json, the plots as PNG
 ```
 
+Each stage folder, and each part folder of a stage made of parts (``select/<method>``, ``retrain/<method>``,
+``evaluate/<model>``), holds ``_SUCCESS`` (written last, with the stage's summary) and ``_FINGERPRINT.json``
+(what its output was made from, :mod:`mak_ray.fingerprint`).
+
 A *sharded output* (:class:`ShardedOutput`) is what the scoring engine writes: ``shard=<sid>/part-*.parquet``,
 one marker per finished shard under ``_markers/`` and ``summary.json``.
 """
@@ -27,12 +31,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mak_ray import storage
+from mak_ray.registry import STAGE_SPECS
 
 SUCCESS = "_SUCCESS"
+FINGERPRINT = "_FINGERPRINT.json"
 
 
 def success_marker(stage_dir: str) -> str:
     return storage.join(stage_dir, SUCCESS)
+
+
+def fingerprint_file(stage_dir: str) -> str:
+    """Beside ``_SUCCESS``: what the output in ``stage_dir`` was made from (see :mod:`mak_ray.fingerprint`)."""
+    return storage.join(stage_dir, FINGERPRINT)
 
 
 def done(stage_dir: str) -> bool:
@@ -156,6 +167,24 @@ class RunLayout:
             "evaluate": self._at("evaluate"),
             "report": self.report_dir,
         }[stage]
+
+    def part_dir(self, stage: str, part: str) -> str:
+        """The folder whose ``_SUCCESS`` says that one part of a stage made of parts finished:
+        ``select/<method>``, ``retrain/<method>`` or ``evaluate/<model>``."""
+        return {
+            "select": lambda: self.selection(part).root,
+            "retrain": lambda: self.retrain(part).root,
+            "evaluate": lambda: self.evaluation(part),
+        }[stage]()
+
+    def outputs(self, stage: str, part: str | None = None) -> list[str]:
+        """Every folder that a stage, or one of its parts, writes; deleted before it runs again from scratch.
+        A stage made of parts has only its markers of its own (its parts are listed per part)."""
+        if part is None:
+            return [] if STAGE_SPECS[stage].parts else [self.stage_dir(stage)]
+        if stage == "evaluate":
+            return [self.evaluation(part), *(self.eval_embeddings(part, s).root for s in ("train", "test"))]
+        return [self.part_dir(stage, part)]
 
     @property
     def pretrain(self) -> TrainOutput:

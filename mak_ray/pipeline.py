@@ -1,9 +1,12 @@
 """The order of the stages, the checks before a run, skip-when-done, timings and the run summary.
 
-Each stage (:mod:`mak_ray.stages`) writes its outputs and then a ``_SUCCESS`` marker holding its summary; a
-rerun skips every stage whose marker exists, so a killed pipeline resumes at the first unfinished stage (and
-the scorer resumes at shard level inside its stage). The CLI, the Ray jobs and the tests all call
-:func:`run_stage` / :func:`run_pipeline`.
+Each stage (:mod:`mak_ray.stages`) writes its outputs and then a ``_SUCCESS`` marker holding its summary;
+beside it, the stage's fingerprint record says what the output was made from (:mod:`mak_ray.fingerprint`).
+A rerun skips a stage only when it is done and its fingerprint still matches (:mod:`mak_ray.runstate`); a
+stage whose config fields, inputs or upstream outputs changed runs again, and so does every stage after it,
+with the reason in the log. A killed pipeline resumes at the first unfinished stage (and the scorer at shard
+level inside its stage). The CLI, the Ray jobs and the tests all call :func:`run_stage` / :func:`run_pipeline`;
+``--dry-run`` calls :func:`dry_run`.
 """
 
 from __future__ import annotations
@@ -11,11 +14,26 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from collections.abc import Callable
 
 from mak_ray import storage
 from mak_ray.config import ConfigError, MakConfig, dump_config
-from mak_ray.layout import RunLayout, done, mark_done
+from mak_ray.fingerprint import InputDigests, write_record
+from mak_ray.layout import RunLayout, done, fingerprint_file, mark_done, success_marker
 from mak_ray.registry import STAGE_SPECS, STAGES
+from mak_ray.runstate import (
+    RESUME,
+    RUN,
+    STALE,
+    StageState,
+    UnitState,
+    assess_stage,
+    describe,
+    expected_fingerprint,
+    plan_stages,
+    refuse_stale_needs,
+    score_shards,
+)
 from mak_ray.runtime import init_ray
 
 log = logging.getLogger(__name__)
@@ -93,24 +111,73 @@ def preflight(cfg: MakConfig, stages: tuple[str, ...]) -> None:
 # ------------------------------------------------------------------------------------------- drivers
 
 
-def run_stage(name: str, cfg: MakConfig, *, force: bool = False, checked: bool = False) -> str:
-    """Run one stage unless its outputs are complete. Returns the stage's output folder."""
+def _stage_runner(name: str) -> Callable[[MakConfig, RunLayout], dict]:
+    return importlib.import_module(f"mak_ray.stages.{STAGE_SPECS[name].module}").run
+
+
+def _prepare(unit: UnitState, layout: RunLayout) -> None:
+    """Make ``unit`` ready to run: keep its finished work when it resumes, delete everything it wrote before
+    otherwise; then record the fingerprint it runs with (a new output id) before it writes anything."""
+    storage.delete(success_marker(unit.dir))
+    if unit.action == RUN:
+        for uri in layout.outputs(unit.stage, unit.part):
+            storage.delete(uri)
+    elif unit.record is not None and unit.record.digest == unit.expected.digest:
+        log.info("%s: resuming the output of an interrupted run", unit.key)
+        return
+    write_record(unit.dir, unit.expected)
+
+
+def _log_state(state: StageState) -> None:
+    for unit in state.units():
+        if unit.status == STALE and unit.reasons:
+            log.warning("%s: stale (%s); it runs again", unit.key, "; ".join(unit.reasons))
+        if unit.action == RESUME and unit.status == STALE:
+            log.info("%s: only its inputs changed: keeping the finished shards still in them", unit.key)
+
+
+def run_stage(
+    name: str,
+    cfg: MakConfig,
+    *,
+    force: bool = False,
+    checked: bool = False,
+    digests: InputDigests | None = None,
+) -> str:
+    """Run one stage unless it is done: its outputs are complete and its fingerprint matches. Stale parts are
+    redone, finished parts that are current are kept. ``checked``: the caller ran the preflight and the stages
+    before this one. Returns the stage's output folder."""
     if name not in STAGE_SPECS:
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    spec = STAGE_SPECS[name]
     layout = RunLayout(cfg.run.output_uri)
+    digests = digests or InputDigests(cfg.data)
     stage_dir = layout.stage_dir(name)
-    if done(stage_dir) and not force:
-        log.info("%s: outputs complete under %s, skipped", name, stage_dir)
+    if not checked:
+        refuse_stale_needs(name, cfg, layout, digests)
+    state = assess_stage(name, cfg, layout, digests, force=force)
+    if state.done:
+        log.info("%s: outputs complete and current under %s, skipped", name, stage_dir)
         return stage_dir
     if not checked:
         preflight(cfg, (name,))
+    _log_state(state)
     storage.write_text(layout.config, dump_config(cfg))
+    if spec.parts:
+        storage.delete(success_marker(stage_dir))
+        storage.delete(fingerprint_file(stage_dir))
+        for part in state.parts:
+            if not part.done:
+                _prepare(part, layout)
+    else:
+        _prepare(state.unit, layout)
     if name != "report":
         init_ray(cfg.run.ray_address)
     log.info("%s: starting", name)
     t0 = time.perf_counter()
-    stage = importlib.import_module(f"mak_ray.stages.{STAGE_SPECS[name].module}")
-    summary = stage.run(cfg, layout)
+    summary = _stage_runner(name)(cfg, layout)
+    if spec.parts:  # the stage's own record names the output ids of its parts, known only now
+        write_record(stage_dir, expected_fingerprint(name, None, cfg, layout, digests))
     mark_done(stage_dir, summary)
     seconds = time.perf_counter() - t0
     _record_time(layout, name, seconds)
@@ -120,10 +187,53 @@ def run_stage(name: str, cfg: MakConfig, *, force: bool = False, checked: bool =
 
 
 def run_pipeline(cfg: MakConfig) -> str:
-    """All stages in order; completed ones are skipped, so a rerun resumes. Returns the report's path."""
+    """All stages in order; a stage is skipped while it is done and current, so a rerun resumes, and a change of
+    config or inputs reruns the stages it affects. Returns the report's path."""
     preflight(cfg, STAGES)
+    digests = InputDigests(cfg.data)
     for name in STAGES:
-        run_stage(name, cfg, checked=True)
+        run_stage(name, cfg, checked=True, digests=digests)
     report = RunLayout(cfg.run.output_uri).report_file("index.html")
     log.info("pipeline complete: report at %s", report)
     return report
+
+
+# ------------------------------------------------------------------------------------------- plans
+
+
+def describe_inputs(cfg: MakConfig, stages: tuple[str, ...]) -> list[str]:
+    """One line per input the ``stages`` read: its size and shards, from the planner (no image is read)."""
+    from mak_ray.data import plan_from_config
+
+    lines = []
+    names = [
+        n
+        for n in ("target", "pool", "eval_train", "eval_test")
+        if any(n in STAGE_SPECS[s].needs_data for s in stages)
+    ]
+    for name in names:
+        uri = getattr(cfg.data, name)
+        shards = plan_from_config(uri, cfg.data)
+        rows = [s.known_rows for s in shards]
+        size = f"{sum(rows):,} images" if None not in rows else "images counted when read"
+        n = f"{len(shards):,} shard{'s' if len(shards) != 1 else ''}"
+        lines.append(f"data.{name}: {size} in {n} ({shards[0].kind}) at {uri}")
+    return lines
+
+
+def dry_run(cfg: MakConfig, stages: tuple[str, ...] = STAGES) -> list[str]:
+    """Check the config and the inputs as a run of ``stages`` would, without running anything, and return the
+    plan as text: the inputs (size, shards), then each stage (skip, run or resume, and why)."""
+    layout = RunLayout(cfg.run.output_uri)
+    digests = InputDigests(cfg.data)
+    if len(stages) == 1:
+        refuse_stale_needs(stages[0], cfg, layout, digests)
+    preflight(cfg, stages)
+    if len(stages) == 1:
+        states = [assess_stage(stages[0], cfg, layout, digests)]
+        if stages[0] == "score":
+            states[0].shards = score_shards(cfg, layout, states[0].unit)
+    else:
+        states = plan_stages(cfg, layout, digests, stages)
+    head = [f"run: {cfg.run.output_uri}", *describe_inputs(cfg, stages), "plan:"]
+    return head + describe(states, as_plan=True)

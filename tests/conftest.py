@@ -90,3 +90,30 @@ def ray_session(s3_endpoint: str) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def docs_clone(tmp_path_factory) -> Iterator:
+    """A fresh copy of the repository in which tests/test_docs.py runs the documents' local blocks (see
+    tests/docblocks.py); its Ray processes are stopped by PID at the end of the session."""
+    import shutil
+    import tempfile
+
+    from tests.docblocks import DocsClone
+    from tests.rayprocs import stop_cluster
+
+    ray_tmp = tempfile.mkdtemp(prefix="dt-", dir="/tmp")  # short: Unix socket paths are limited
+    root = tmp_path_factory.mktemp("docs") / "mak-ray"
+    root.mkdir()
+    try:
+        yield DocsClone(root, ray_tmp, timeout_s=1500)
+    finally:
+        stop_cluster(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def readme_run(docs_clone):
+    """The README's local blocks (the quick start on the tiny preset), run once: tests/test_docs.py checks that
+    they run, tests/test_pipeline_e2e.py checks the run they leave in ``runs/tiny``."""
+    return docs_clone.run("README.md")

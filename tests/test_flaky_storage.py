@@ -242,8 +242,9 @@ def seed_score_inputs(root: str, pool: str) -> list[str]:
     import torch
 
     from mak_ray.config import load_config
-    from mak_ray.layout import RunLayout, mark_done
+    from mak_ray.layout import RunLayout
     from mak_ray.models import build_model, save_model
+    from tests.runs import record_done
 
     overrides = [f"data.pool={pool}", f"run.output_uri={root}", "score.num_actors=1"]
     cfg = load_config(str(REPO / "configs" / "tiny.yaml"), overrides)
@@ -251,12 +252,12 @@ def seed_score_inputs(root: str, pool: str) -> list[str]:
     torch.manual_seed(0)
     model = build_model(cfg.model)
     save_model(model, cfg.model, layout.pretrain.model)
-    mark_done(layout.stage_dir("pretrain"))
+    record_done(cfg, "pretrain")
     centroids = (
         np.random.default_rng(0).standard_normal((cfg.score.centroids, model.feature_dim)).astype(np.float32)
     )
     storage.write_npy(layout.centroids, centroids)
-    mark_done(layout.stage_dir("embed_target"))
+    record_done(cfg, "embed_target")
     return overrides
 
 

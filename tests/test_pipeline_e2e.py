@@ -1,4 +1,5 @@
-"""The whole pipeline on the tiny generated demo: every stage runs, outputs are complete, a rerun skips."""
+"""The whole pipeline on the tiny generated demo: every stage runs, outputs are complete, a rerun skips, a
+config change reruns what it affects, and faults mid-run lose and duplicate nothing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pytest
 
 from mak_ray import storage
 from mak_ray.config import load_config
-from mak_ray.demo.make import make_demo_data
 from mak_ray.layout import RunLayout, done
 from mak_ray.pipeline import run_pipeline, run_stage
 from mak_ray.registry import STAGES, TARGET_ONLY
@@ -19,25 +19,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, ray_session):
-    root = tmp_path_factory.mktemp("e2e")
-    info = make_demo_data(str(root / "data"), "tiny", synthetic=True)
-    p = info["paths"]
+def tiny_run(readme_run, docs_clone, ray_session):
+    """The tiny pipeline as the README's quick start runs it: ``mak-ray pipeline -c configs/tiny.yaml`` in a fresh
+    copy of the repository (tests/test_docs.py runs those blocks). Here its config is the same file with the
+    relative paths made absolute, so its fingerprints match the run's."""
+    if readme_run.returncode != 0:
+        pytest.fail(f"the README's quick start failed: {readme_run.explain()}")
+    clone = docs_clone.root
+    data = clone / "demo-data" / "tiny"
+    info = storage.read_json(str(data / "manifest.json"))
     cfg = load_config(
-        "configs/tiny.yaml",
-        [
-            f"data.target={p['target']}",
-            f"data.pool={p['pool']}",
-            f"data.eval_train={p['eval_train']}",
-            f"data.eval_test={p['eval_test']}",
-            f"run.output_uri={root / 'run'}",
-            # three methods keep the suite short; tailness and proximity go through the same code, and
-            # tests/test_selection_stage.py checks all five against the in-memory selector
-            "select.methods=[mak, random, kcenter]",
-        ],
+        str(clone / "configs" / "tiny.yaml"),
+        [f"data.{name}={data / name}" for name in ("target", "pool", "eval_train", "eval_test")]
+        + [f"run.output_uri={clone / 'runs' / 'tiny'}"],
     )
-    report = run_pipeline(cfg)
-    return cfg, info, report
+    return cfg, info, RunLayout(cfg.run.output_uri).report_file("index.html")
 
 
 def test_every_stage_completes(tiny_run):
@@ -90,6 +86,83 @@ def test_rerun_skips_completed_stages(tiny_run, caplog):
     assert run_stage("select", cfg) == layout.stage_dir("select")
 
 
+# ------------------------------------------------------------------------------------------- fingerprints
+
+
+def _cli_args(cfg, *extra: str) -> list[str]:
+    """The tiny run's config as CLI arguments (``configs/tiny.yaml`` plus its overrides)."""
+    d = cfg.data
+    return [
+        "-c",
+        "configs/tiny.yaml",
+        f"data.target={d.target}",
+        f"data.pool={d.pool}",
+        f"data.eval_train={d.eval_train}",
+        f"data.eval_test={d.eval_test}",
+        f"run.output_uri={cfg.run.output_uri}",
+        f"select.methods=[{','.join(cfg.select.methods)}]",
+        *extra,
+    ]
+
+
+def _line(out: str, key: str) -> str:
+    return next(x for x in out.splitlines() if x.split()[:1] == [key])
+
+
+def test_status_says_done_and_what_a_change_would_rerun(tiny_run, capsys):
+    """Before any rerun, ``status`` names the stages a change makes stale and why; it reads no images and
+    starts no Ray."""
+    from mak_ray.cli import main as cli_main
+
+    cfg, _, _ = tiny_run
+    assert cli_main(["status", *_cli_args(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert all(_line(out, s).split()[1] == "done" for s in STAGES), out
+    assert "3 done, 0 to add, 0 to remove" in _line(out, "shards")
+
+    assert cli_main(["status", *_cli_args(cfg, "score.views=6")]) == 1
+    out = capsys.readouterr().out
+    assert _line(out, "pretrain").split()[1] == _line(out, "embed_target").split()[1] == "done"
+    assert "stale: " in _line(out, "score") and "score.views: 4 -> 6" in _line(out, "score")
+    assert "score: runs again first" in _line(out, "select/mak")
+    assert "0 done, 3 to add, 3 to remove" in _line(out, "shards")  # scored again from the start
+
+    assert cli_main(["status", *_cli_args(cfg, "model.width=16")]) == 1
+    out = capsys.readouterr().out
+    assert "model.width: 8 -> 16" in _line(out, "pretrain")
+    assert "pretrain: runs again first" in _line(out, "embed_target")
+
+
+def test_budget_change_reuses_scoring_and_reruns_select_onwards(tiny_run, tmp_path):
+    """Only ``select.budget`` changed: pretraining, target embedding and scoring are kept as they are; the
+    selection, its retraining and evaluation and the report run again. One method keeps it short."""
+    import shutil
+
+    from mak_ray.fingerprint import read_record
+
+    cfg, _, _ = tiny_run
+    src = RunLayout(cfg.run.output_uri)
+    dst = RunLayout(str(tmp_path / "run"))
+    shutil.copytree(src.root, dst.root)
+    cfg2 = load_config(
+        "configs/tiny.yaml",
+        _cli_args(cfg, f"run.output_uri={dst.root}", "select.methods=[mak]", "select.budget=25")[2:],
+    )
+    kept = {s: read_record(dst.stage_dir(s)).output for s in ("pretrain", "embed_target", "score")}
+    score_summary = storage.read_bytes(dst.scores.summary)
+    target_only = storage.read_bytes(dst.metrics_json(TARGET_ONLY))
+    before = {s: read_record(dst.part_dir(s, "mak")).output for s in ("select", "retrain", "evaluate")}
+
+    run_pipeline(cfg2)
+    assert {s: read_record(dst.stage_dir(s)).output for s in kept} == kept
+    assert storage.read_bytes(dst.scores.summary) == score_summary
+    assert storage.read_bytes(dst.metrics_json(TARGET_ONLY)) == target_only  # the pretrained model's
+    for stage, old in before.items():
+        assert read_record(dst.part_dir(stage, "mak")).output != old, stage
+    assert len(read_selection_ids(dst.selection("mak"))) == 25
+    assert storage.read_json(dst.summary)["selected"] == {"mak": 25}
+
+
 # ------------------------------------------------------------------------------------------- faults
 
 
@@ -98,21 +171,20 @@ def _fork_run(tiny_run, root, overrides: list[str]):
     import shutil
     from pathlib import Path
 
-    cfg, info, _ = tiny_run
+    cfg, _, _ = tiny_run
     src = RunLayout(cfg.run.output_uri)
     dst = RunLayout(str(Path(root) / "run"))
     for stage in ("pretrain", "embed_target"):
         shutil.copytree(src.stage_dir(stage), dst.stage_dir(stage))
-    p = info["paths"]
+    d = cfg.data
     return load_config(
         "configs/tiny.yaml",
         [
-            f"data.target={p['target']}",
-            f"data.pool={p['pool']}",
-            f"data.eval_train={p['eval_train']}",
-            f"data.eval_test={p['eval_test']}",
+            f"data.target={d.target}",
+            f"data.pool={d.pool}",
+            f"data.eval_train={d.eval_train}",
+            f"data.eval_test={d.eval_test}",
             f"run.output_uri={dst.root}",
-            "select.methods=[mak, random, kcenter]",
             *overrides,
         ],
     )
@@ -193,6 +265,7 @@ def test_scoring_actor_killed_mid_run_loses_and_duplicates_nothing(tiny_run, tmp
 def test_job_killed_mid_scoring_resumes_to_the_same_selection(tiny_run, tmp_path):
     """Kill the whole `python -m jobs.score` process tree mid-run; a rerun resumes and selects the same ids."""
     import os
+    import shutil
     import subprocess
     import sys
     import tempfile
@@ -232,6 +305,7 @@ def test_job_killed_mid_scoring_resumes_to_the_same_selection(tiny_run, tmp_path
     finally:
         proc.wait(timeout=30)
         stop_cluster(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert seen, "scoring never started before the time limit"
     n_shards = len(list(Path(RunLayout(cfg.run.output_uri).scores.markers_dir).iterdir()))
     assert n_markers < n_shards, "the job finished before it was killed; nothing was interrupted"

@@ -134,3 +134,35 @@ def test_report_stage_runs_alone_on_an_empty_run(tmp_path):
     assert run_stage("report", cfg) == RunLayout(cfg.run.output_uri).report_dir
     path = RunLayout(cfg.run.output_uri).report_file("index.html")
     assert storage.read_text(path).lower().lstrip().startswith("<!doctype html")
+
+
+def test_dry_run_refuses_what_a_run_refuses_and_writes_nothing(tmp_path, capsys):
+    """``--dry-run`` checks the config and the inputs the same way a run does, and writes nothing."""
+    out = tmp_path / "run"
+    assert cli_main(["pipeline", "--dry-run", "select.budget=0", f"run.output_uri={out}"]) == 2
+    assert "select.budget" in capsys.readouterr().err
+    code = cli_main(["pipeline", "--dry-run", f"data.target={tmp_path}/nothing", f"run.output_uri={out}"])
+    assert code == 2 and "data.target" in capsys.readouterr().err
+    rng = np.random.default_rng(2)
+    pool = tmp_path / "pool"
+    storage.write_parquet(
+        pa.table({"id": ["a", "b", "c"], "image": [good_image_bytes(rng) for _ in range(3)]}),
+        str(pool / "p.parquet"),
+    )
+    sets = [f"data.{n}={pool}" for n in ("target", "pool", "eval_train", "eval_test")]
+    code = cli_main(["pipeline", "--dry-run", *sets, "select.budget=4", f"run.output_uri={out}"])
+    assert code == 2 and "larger than the pool (3 images)" in capsys.readouterr().err
+    assert cli_main(["score", "--dry-run", *sets, "select.budget=2", f"run.output_uri={out}"]) == 3
+    assert "needs the outputs of stage 'pretrain'" in capsys.readouterr().err
+    assert cli_main(["pipeline", "--dry-run", *sets, "select.budget=2", f"run.output_uri={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert f"data.pool: 3 images in 1 shard (parquet) at {pool}" in printed
+    assert "pretrain" in printed and "0 done, 1 to add, 0 to remove" in printed
+    assert not out.exists()
+
+
+def test_status_of_a_run_not_started_says_to_do(tmp_path, capsys):
+    assert cli_main(["status", f"run.output_uri={tmp_path}/run"]) == 1
+    out = capsys.readouterr().out
+    assert "pretrain" in out and "to do" in out
+    assert not (tmp_path / "run").exists()
