@@ -83,6 +83,9 @@ class ModelSection:
     small_stem: bool = True  # 3x3 conv, no max-pool: for inputs of 64 px and below
     proj_dim: int = field(default=128, metadata=positive())
     width: int = field(default=64, metadata=positive())  # first-stage channels; 64 is torchvision's ResNet
+    # weights to start training from (local or s3://): a torchvision ResNet state dict (arch, width 64 and
+    # small_stem false must match it; its fc layer is ignored) or a mak-ray model file; "" = random init
+    init_checkpoint: str = ""
 
 
 @dataclass
@@ -307,6 +310,7 @@ def config_from_dict(data: dict[str, Any]) -> MakConfig:
     cfg.run.output_uri = _absolute(cfg.run.output_uri)
     for name in ("target", "pool", "eval_train", "eval_test"):
         setattr(cfg.data, name, _absolute(getattr(cfg.data, name)))
+    cfg.model.init_checkpoint = _absolute(cfg.model.init_checkpoint)
     cfg.check()
     return cfg
 

@@ -150,6 +150,58 @@ def read_model_file(uri: str) -> dict[str, Any]:
     return payload
 
 
+def _state_dict_of(payload: Any, uri: str) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint: a mak-ray model file, a plain state dict, or one nested under
+    ``state_dict`` / ``model`` (as many trainers save them); ``module.`` prefixes (DDP) are dropped."""
+    if isinstance(payload, dict) and "model_config" in payload and "state_dict" in payload:
+        state = payload["state_dict"]
+    elif isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        state = payload["state_dict"]
+    elif isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+        state = payload["model"]
+    else:
+        state = payload
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{uri} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_init_weights(model: SimCLRModel, uri: str) -> str:
+    """Load the weights at ``uri`` into ``model`` before training; returns what was loaded (for the log).
+
+    A mak-ray model file (or any state dict with ``backbone.`` and ``head.`` keys) sets the whole model; a
+    torchvision ResNet state dict sets the backbone (its ``fc`` is dropped) and leaves the projection head
+    at its initialisation. A missing key or a shape that does not fit raises, naming it and the model settings
+    that decide it.
+    """
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"model.init_checkpoint: {uri} does not exist")
+    payload = torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
+    state = _state_dict_of(payload, uri)
+    plain = _unwrap(model)
+    if any(k.startswith("backbone.") for k in state):
+        target, what = plain, "the whole model"
+    else:
+        target, what = plain.backbone, "the backbone (torchvision ResNet layout)"
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = target.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{name}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
+            for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
+            if keys
+        )
+        raise ValueError(
+            f"model.init_checkpoint {uri} does not fit {what} ({detail}); model.arch, model.width and "
+            "model.small_stem must match the checkpoint (torchvision's ResNets: width 64, small_stem false)"
+        )
+    target.load_state_dict(state)
+    return what
+
+
 def load_model(uri: str, device: str = "cpu") -> SimCLRModel:
     """Rebuild the model stored at ``uri`` on ``device``, in eval mode: the one loader for scoring and evaluation."""
     payload = read_model_file(uri)

@@ -80,6 +80,9 @@ def preflight(cfg: MakConfig, stages: tuple[str, ...]) -> None:
     """Refuse, before any heavy work, a run that cannot finish: missing inputs, earlier outputs or budget."""
     layout = RunLayout(cfg.run.output_uri)
     planned = set(stages)
+    init = cfg.model.init_checkpoint
+    if init and {"pretrain", "retrain"} & planned and not storage.exists(init):
+        raise ConfigError("model.init_checkpoint", f"{init} does not exist")
     for stage in stages:
         for name in STAGE_SPECS[stage].needs_data:
             uri = getattr(cfg.data, name)

@@ -68,7 +68,7 @@ def _train(section: str) -> tuple[str, ...]:
     return (*(f"{section}.{f}" for f in (*fields, "num_workers")), "run.seed", *_READ)
 
 
-_MODEL = ("model.arch", "model.small_stem", "model.proj_dim", "model.width")
+_MODEL = ("model.arch", "model.small_stem", "model.proj_dim", "model.width", "model.init_checkpoint")
 
 _SPECS = (
     StageSpec(

@@ -31,7 +31,7 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
                 f"retrain/{method}: {rows} training images, expected {target_images} target + "
                 f"{len(ids)} selected"
             )
-        init = layout.pretrain.model if cfg.retrain.from_pretrained else None
+        init = layout.pretrain.model if cfg.retrain.from_pretrained else (cfg.model.init_checkpoint or None)
         model_uri = train_simclr(cfg, cfg.retrain, ds, out, num_rows=rows, init_model=init)
         summary[method] = {"model": model_uri, "added": len(ids), "images": rows}
         mark_done(out.root, summary[method])

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from mak_ray import storage
 from mak_ray.config import MakConfig, ModelSection, TrainSection
 from mak_ray.layout import TrainOutput
-from mak_ray.models import build_model, model_state_bytes, read_model_file
+from mak_ray.models import build_model, load_init_weights, model_state_bytes
 from mak_ray.train.loop import as_image_array, make_optimizer, train_step
 
 log = logging.getLogger(__name__)
@@ -114,9 +114,9 @@ def _train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)  # identical initial weights everywhere (DDP also broadcasts rank 0's)
     model = build_model(model_cfg)
     if cfg.init_model and ray.train.get_checkpoint() is None:  # warm start; a resume uses its checkpoint
-        model.load_state_dict(read_model_file(cfg.init_model)["state_dict"])
+        what = load_init_weights(model, cfg.init_model)
         if rank == 0:
-            log.info("initialised from %s", cfg.init_model)
+            log.info("initialised %s from %s", what, cfg.init_model)
     if section.use_gpu and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = ray.train.torch.prepare_model(model)
@@ -223,7 +223,7 @@ def train_simclr(
 
     ``section`` is ``cfg.pretrain`` or ``cfg.retrain``; ``section.batch_size`` is the global batch, split evenly
     over ``section.num_workers``. ``num_rows`` (if known) saves a pass over the data to size the LR schedule.
-    ``init_model``: a model file to start from (a rerun of the same ``out.run_name`` resumes from its latest
+    ``init_model``: weights to start from, a mak-ray model file or a torchvision ResNet state dict (a rerun of the same ``out.run_name`` resumes from its latest
     checkpoint instead). ``epoch_end``: see :data:`EpochHook` (it travels to the workers pickled).
     """
     storage_uri, run_name = out.root, out.run_name
