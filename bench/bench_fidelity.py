@@ -23,23 +23,21 @@ import argparse
 import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.fidelity_lib import Setup, cached_run, make_data, probe, retrain_and_probe
-from bench.fidelity_prepare import variant_name
+from bench.fidelity_lib import Setup, probe, retrain_and_probe
+from bench.fidelity_prepare import prepare
 from bench.fidelity_select import diagnostics, selections, shares
 
 DEFAULT_METHODS = ["random", "mak", "mak-gated0.9", "rarity-gated0.9"]
 
 
 def run_seed(args: argparse.Namespace, setup: Setup, seed: int) -> tuple[dict, dict, dict]:
-    name = variant_name(args.width, args.epochs, 0.2, args.pool_epochs)
-    cache = Path(args.cache) / name / f"seed{seed}"
-    data = make_data(setup, seed)
-    model, sc = cached_run(cache, data, seed, args.width, args.epochs, pool_epochs=args.pool_epochs)
+    data, model, sc, cache = prepare(
+        args.cache, seed, args.width, args.epochs, 0.2, args.pool_epochs, args.ood
+    )
     t0 = time.perf_counter()
     picks, thresholds = selections(sc, setup.k, seed)
     t_sel = (time.perf_counter() - t0) / len(picks)  # all variants at once; the mean per variant
@@ -82,6 +80,7 @@ def main() -> None:
     p.add_argument(
         "--pool-epochs", type=int, default=0, help="first pretrain on target + the unlabelled pool"
     )
+    p.add_argument("--ood", choices=["real", "generated"], default="real", help="the pool's OOD kinds")
     p.add_argument("--shares-only", action="store_true", help="skip retraining; shares of every variant")
     p.add_argument("--cache", default="/tmp/fid")
     p.add_argument("--threads", type=int, default=1)
