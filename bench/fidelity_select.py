@@ -67,6 +67,10 @@ def density_ratio(pool: np.ndarray, target: np.ndarray, reference: np.ndarray, k
     return np.log(dt + 1e-6) - np.log(dr + 1e-6)
 
 
+def _z(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean()) / max(float(x.std()), 1e-12)
+
+
 def top_then_kcenter(score, emb, target_emb, k, allowed, core_ratio=1.5):
     idx = np.flatnonzero(allowed)
     core = idx[np.lexsort((np.arange(len(idx)), -score[idx]))[: int(np.ceil(core_ratio * k))]]
@@ -130,11 +134,15 @@ def selections(sc: dict, k: int, seed: int) -> tuple[dict[str, np.ndarray], dict
         out[f"mak-projgated{q:g}"] = mak_pick(pe, d_proj, pf, tf, k, allowed=gate)
     bank_idx = np.sort(np.random.default_rng([seed, 0xBA4C]).choice(n, 1024, replace=False))  # the ECLE bank
     ratio = density_ratio(pf, tf, pf[bank_idx])
-    for q in (0.9, 0.95):
+    nn = nn_distance(pf, tf)
+    out["mak-nn"] = mak_pick(pe, nn, pf, tf, k)  # proximity = 1-NN distance to the target, no gate
+    for q in (0.8, 0.9, 0.95):
         gate, _ = nn_gate(pf, tf, q)
+        out[f"mak-nn-gated{q:g}"] = mak_pick(pe, nn, pf, tf, k, allowed=gate)
         out[f"tailness-gated{q:g}"] = top_then_kcenter(pe, pf, tf, k, gate)
         out[f"rarity-gated{q:g}"] = top_then_kcenter(ratio, pf, tf, k, gate)
         out[f"mak-rarity-gated{q:g}"] = top_then_kcenter(mak_score(pe, -ratio), pf, tf, k, gate)
+        out[f"rarity-nn-gated{q:g}"] = top_then_kcenter(_z(pe) + _z(ratio) - 2 * _z(nn), pf, tf, k, gate)
     # ECLE referenced to the target: distance above the target's own ECLE ceiling counts against a sample
     e_hi = float(np.quantile(te, 0.99))
     ref = np.where(pe <= e_hi, pe, 2 * e_hi - pe)  # rises to the ceiling, then falls as fast
