@@ -4,6 +4,9 @@ They play the open world's junk: images that share the pool with the real classe
 Three kinds, labelled for reports only: ``ood-texture`` (multi-octave value noise mixed with sinusoidal
 gratings, a cheap stand-in for Perlin noise), ``ood-noise`` (uniform or Gaussian pixel noise) and
 ``ood-shapes`` (random circles, rectangles and lines). Everything is seeded.
+
+``make_ood_images`` also makes the real near-OOD kinds of ``real_ood`` (``ood-digits``, ``ood-faces``,
+``ood-objects``: real images in the target's look), alone or mixed with the generated ones.
 """
 
 from __future__ import annotations
@@ -11,7 +14,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mak_ray.demo.real_ood import GENERATORS as REAL_GENERATORS
+from mak_ray.demo.real_ood import REAL_OOD_KINDS
+
 OOD_KINDS: tuple[str, ...] = ("ood-texture", "ood-noise", "ood-shapes")
+ALL_OOD_KINDS: tuple[str, ...] = OOD_KINDS + REAL_OOD_KINDS
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
@@ -76,26 +83,35 @@ def shapes(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-_GENERATORS = {"ood-texture": texture, "ood-noise": noise, "ood-shapes": shapes}
+_GENERATORS = {"ood-texture": texture, "ood-noise": noise, "ood-shapes": shapes, **REAL_GENERATORS}
 
 
-def make_ood_images(n: int, size: int = 28, seed: int = 0, channels: int = 1) -> tuple[np.ndarray, list[str]]:
+def make_ood_images(
+    n: int, size: int = 28, seed: int = 0, channels: int = 1, kinds: tuple[str, ...] = OOD_KINDS
+) -> tuple[np.ndarray, list[str]]:
     """``n`` images ``uint8 [n, size, size]`` (or ``[..., 3]`` with ``channels=3``) and their kind labels.
 
-    The kinds are split as evenly as possible and interleaved; image ``i`` depends only on ``(seed, i)``.
+    ``kinds`` are names from ``ALL_OOD_KINDS``; they are split as evenly as possible and interleaved, and image
+    ``i`` depends only on ``(seed, i)`` and the kinds. Generated kinds draw each channel apart; real kinds are
+    grayscale, repeated over the channels.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    unknown = [k for k in kinds if k not in _GENERATORS]
+    if unknown or not kinds:
+        raise ValueError(f"unknown OOD kinds {unknown or kinds!r}; choose from {ALL_OOD_KINDS}")
     shape = (n, size, size) if channels == 1 else (n, size, size, 3)
     images = np.zeros(shape, dtype=np.uint8)
     labels: list[str] = []
     for i in range(n):
-        kind = OOD_KINDS[i % len(OOD_KINDS)]
+        kind = kinds[i % len(kinds)]
         rng = np.random.default_rng([seed, i])
         if channels == 1:
             images[i] = _GENERATORS[kind](rng, size)
+        elif kind in REAL_GENERATORS:
+            images[i] = _GENERATORS[kind](rng, size)[..., None]
         else:
             for ch in range(3):
                 images[i, ..., ch] = _GENERATORS[kind](rng, size)
