@@ -16,7 +16,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q -U pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,demo]'
 	touch $(STAMP)
 
 venv: $(STAMP)

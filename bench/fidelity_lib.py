@@ -22,8 +22,8 @@ from mak_ray.demo import fashion_mnist
 from mak_ray.demo.longtail import balanced_subset, build_split, long_tail_counts
 from mak_ray.demo.ood import make_ood_images
 from mak_ray.evaluate.linear import fit_linear, predict
+from mak_ray.mak import ecle
 from mak_ray.models import build_model
-from mak_ray.select import ecle
 from mak_ray.train.loop import make_optimizer, train_step
 
 log = logging.getLogger(__name__)

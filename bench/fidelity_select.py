@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mak_ray.select import fit_centroids, greedy_k_center, mak_score, proximity
+from mak_ray.kcenter import greedy_k_center
+from mak_ray.mak import fit_centroids, mak_score, proximity
 
 
 def unit(x: np.ndarray) -> np.ndarray:
