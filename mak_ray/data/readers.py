@@ -54,6 +54,21 @@ def read_error(exc: BaseException) -> str:
     return f"read_error:{short}"
 
 
+def open_object(rid: str, stream: bool = False):
+    """A binary file object of the object with id ``rid`` (see :mod:`mak_ray.data.names`); seekable unless
+    ``stream`` (one sequential GET on S3)."""
+    from mak_ray.data import names
+
+    is_s3, path = names.id_to_path(rid)
+    if not is_s3:
+        return open(path, "rb")
+    uri = "s3://" + path.decode("utf-8")
+    fs, p = storage.filesystem(uri)
+    return storage.with_retries(
+        uri, "open", lambda: fs.open_input_stream(p) if stream else fs.open_input_file(p)
+    )
+
+
 def iter_records(shard: Shard, data: DataSection) -> Iterator[Record]:
     if shard.kind == "files":
         yield from _iter_files(shard)
