@@ -123,6 +123,9 @@ class ScoreSection:
     ecle_repeats: int = field(default=10, metadata=positive())
     temperature: float = field(default=0.2, metadata=positive())
     bank_size: int = field(default=4096, metadata=at_least(2))  # negative bank drawn uniformly from the pool
+    # the bank is drawn once per model and kept (a grown pool scores only its new shards against it); true
+    # draws it again, and then every shard is scored again
+    redraw_bank: bool = False
     centroids: int = field(default=10, metadata=positive())
     batch_size: int = field(default=64, metadata=positive())  # images per map_batches call
     # Upper bound of the actor pool; 0 = one actor per CPU (CPU scoring: each runs one torch thread) or per

@@ -38,13 +38,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mak_ray import storage
-from mak_ray.config import DataSection
+from mak_ray.config import DataSection, MakConfig
 from mak_ray.data import listing, names
 from mak_ray.data.listing import SHARD_SCHEMA, ListSpec, LocalDir, S3Range
+from mak_ray.layout import PlanFolder, RunLayout
 
 log = logging.getLogger(__name__)
 
-PLAN_FILE = "plan.json"
 SHARDS_FILE = "shards.parquet"
 LIST_CPUS = 0.25  # listing waits on the file system or the object store more than it computes
 MAX_IN_FLIGHT = 64
@@ -101,6 +101,18 @@ class Plan:
     def from_json(cls, d: dict[str, Any]) -> Plan:
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in fields})
+
+
+INPUTS = ("pool", "target", "eval_train", "eval_test")
+
+
+def input_name(data: DataSection, uri: str) -> str:
+    """The name of ``uri``'s plan folder: the ``data`` field that holds it, else ``input-<hash of the URI>``."""
+    for name in INPUTS:
+        value = getattr(data, name)
+        if value and value.rstrip("/") == uri.rstrip("/"):
+            return name
+    return "input-" + hashlib.sha1(uri.encode()).hexdigest()[:12]
 
 
 def settings_of(data: DataSection) -> dict[str, Any]:
@@ -288,7 +300,7 @@ def _digest(root: str, settings: dict[str, Any], found: _Listing) -> str:
 
 def read_plan(plan_dir: str) -> Plan | None:
     """The plan kept under ``plan_dir``, or None."""
-    uri = storage.join(plan_dir, PLAN_FILE)
+    uri = PlanFolder(plan_dir).plan
     if not storage.exists(uri):
         return None
     return Plan.from_json(storage.read_json(uri))
@@ -316,7 +328,8 @@ def plan_input(uri: str, data: DataSection, plan_dir: str) -> Plan:
     """
     t0 = time.perf_counter()
     settings = settings_of(data)
-    staging = storage.join(plan_dir, f"manifest-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
+    folder = PlanFolder(plan_dir)
+    staging = folder.manifest(f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
     spec = _spec(uri, data, staging)
     try:
         found = _walk(spec)
@@ -359,10 +372,13 @@ def plan_input(uri: str, data: DataSection, plan_dir: str) -> Plan:
         settings=settings,
         seconds=round(time.perf_counter() - t0, 3),
     )
-    storage.write_json(storage.join(plan_dir, PLAN_FILE), plan.to_json())
+    storage.write_json(folder.plan, plan.to_json())
     for name in storage.list_dirs(plan_dir):
-        if name.startswith("manifest-") and storage.join(plan_dir, name) != staging:
-            storage.delete(storage.join(plan_dir, name))
+        if (
+            name.startswith(folder.MANIFEST_PREFIX)
+            and folder.manifest(name[len(folder.MANIFEST_PREFIX) :]) != staging
+        ):
+            storage.delete(folder.manifest(name[len(folder.MANIFEST_PREFIX) :]))
     log.info(
         "%s: %d %s inputs in %d shards, %d skipped %s; manifest %s (%d parts, listed in %.1f s)%s",
         uri,
@@ -379,6 +395,13 @@ def plan_input(uri: str, data: DataSection, plan_dir: str) -> Plan:
     return plan
 
 
+def plan_for(cfg: MakConfig, uri: str, plan_dir: str | None = None) -> Plan:
+    """The plan of ``uri`` (one of ``cfg.data``'s inputs) under the run's ``plan/<input>/``."""
+    return plan_input(
+        uri, cfg.data, plan_dir or RunLayout(cfg.run.output_uri).plan(input_name(cfg.data, uri))
+    )
+
+
 def input_digest(uri: str, data: DataSection, plan_dir: str | None = None) -> str:
     """A digest of ``uri``'s listing and the planning settings: it changes when an object is added, removed or
     rewritten (size, mtime or ETag), or a setting that changes the plan does. The input is listed (in
@@ -387,6 +410,111 @@ def input_digest(uri: str, data: DataSection, plan_dir: str | None = None) -> st
     if plan_dir is not None:
         return plan_input(uri, data, plan_dir).digest
     return _digest(uri, settings_of(data), _walk(_spec(uri, data, "")))
+
+
+# ------------------------------------------------------------------------------------------- a bounded look
+
+LOOK_ENTRIES = 1000  # entries a bounded look lists at most
+LOOK_FOOTERS = 64  # Parquet footers it reads at most, to count rows
+
+
+@dataclass
+class Peek:
+    """What a bounded look at an input saw: whether it saw every entry, the inputs among them, and (when it saw
+    every entry and their rows are known without reading) the rows they hold."""
+
+    exhausted: bool
+    inputs: int
+    kinds: dict[str, int]
+    rows: int | None
+
+
+def _look_local(root: bytes, skip: names.SkipRules, limit: int) -> tuple[list[bytes], bool]:
+    """Input-candidate file paths under ``root`` (folders depth first, links not followed), at most ``limit``
+    entries seen; and whether that was all."""
+    if not os.path.isdir(root):
+        return [root], True
+    files, stack, seen = [], [root], 0
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                for e in it:
+                    seen += 1
+                    if seen > limit:
+                        return files, False
+                    is_dir = e.is_dir(follow_symlinks=False)
+                    if skip.reason(e.name, is_dir):
+                        continue
+                    if is_dir:
+                        stack.append(e.path)
+                    elif not (e.is_symlink() and os.path.isdir(e.path)):
+                        files.append(e.path)
+        except OSError:
+            continue
+    return files, True
+
+
+def _look_s3(uri: str, skip: names.SkipRules, limit: int) -> tuple[list[str], bool]:
+    """Object ids under ``uri`` from one LIST page of up to ``limit`` keys, and whether that was all."""
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    key = key.rstrip("/")
+    if key and _s3_head(bucket, key) is not None:
+        return [names.s3_id(bucket, key)], True
+    prefix = key + "/" if key else ""
+    client = storage.s3_client()
+    try:
+        resp = storage.with_retries(
+            uri, "list", lambda: client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=limit)
+        )
+    except Exception as exc:  # noqa: BLE001
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        if code == "NoSuchBucket":
+            raise FileNotFoundError(f"no such bucket: s3://{bucket}") from exc
+        raise
+    keys = [o["Key"] for o in resp.get("Contents", [])]
+    if not keys and not resp.get("IsTruncated"):
+        raise FileNotFoundError(f"no such file or prefix: {uri}")
+    out = [
+        names.s3_id(bucket, k)
+        for k in keys
+        if k[len(prefix) :] and not skip.path_reason(k[len(prefix) :].encode())
+    ]
+    return out, not resp.get("IsTruncated")
+
+
+def peek_input(uri: str, data: DataSection, limit: int = LOOK_ENTRIES) -> Peek:
+    """A bounded look at ``uri`` (at most ``limit`` entries, one LIST page on S3), for checks before any
+    work: FileNotFoundError when it does not exist, ValueError when what it saw mixes Parquet with other
+    inputs. Never a full listing of a big input."""
+    skip = names.SkipRules(data.skip)
+    if storage.is_s3(uri):
+        ids, exhausted = _look_s3(uri, skip, limit)
+        found = [(i, names.kind_of(i.rpartition("/")[2].encode(), data.format)) for i in ids]
+    else:
+        root = os.fsencode(storage.filesystem(uri)[1])
+        if not os.path.exists(root):
+            raise FileNotFoundError(f"no such file or prefix: {uri}")
+        paths, exhausted = _look_local(root, skip, limit)
+        found = [(names.local_id(p), names.kind_of(os.path.basename(p), data.format)) for p in paths]
+    kinds = collections.Counter(k for _, k in found if k)
+    if kinds.get(names.PARQUET) and len(kinds) > 1:
+        by_kind = {k: [i for i, kk in found if kk == k][:3] for k in kinds}
+        raise ValueError(
+            f"{uri} mixes Parquet files with other inputs ({by_kind}); Parquet pools cannot be mixed with image "
+            "files or tar shards: keep them apart or set data.format"
+        )
+    rows = None
+    if exhausted and not kinds.get(names.TAR) and kinds.get(names.PARQUET, 0) <= LOOK_FOOTERS:
+        rows = kinds.get(names.FILES, 0)
+        for rid, k in found:
+            if k == names.PARQUET:
+                runs = listing.row_group_runs(rid, data.parquet_rows_per_shard)
+                if any(n is None for _, n in runs):
+                    rows = None
+                    break
+                rows += sum(n for _, n in runs)
+    return Peek(exhausted, sum(kinds.values()), dict(kinds), rows)
 
 
 # ------------------------------------------------------------------------------------------- reading
