@@ -82,7 +82,9 @@ def test_folder_plan_labels_ids_and_read_errors(tmp_path):
     # the shard's row count rides on its last row only
     last = rows(got_shards[0])
     n = len(got_shards[0].paths)
-    assert [r["shard_rows"] for r in last] == [0] * (n - 1) + [n] and [r["row"] for r in last] == list(range(n))
+    assert [r["shard_rows"] for r in last] == [0] * (n - 1) + [n] and [r["row"] for r in last] == list(
+        range(n)
+    )
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -211,7 +213,9 @@ def test_big_parquet_files_are_cut_by_row_group(tmp_path):
     assert len({s.shard_id for s in got_shards}) == 5
     assert [s.known_rows for s in got_shards] == [21, 19, 2, 30, None]  # from the footers: exact ETAs
     data = DataSection(image_size=16)
-    got = [r for s in got_shards[:2] for b in read_shard(s, data) for r in b.select(["id", "error"]).to_pylist()]
+    got = [
+        r for s in got_shards[:2] for b in read_shard(s, data) for r in b.select(["id", "error"]).to_pylist()
+    ]
     want = [f"r{i}" if i != 30 else f"{tmp_path}/a.parquet#row=30" for i in range(40)]
     assert [r["id"] for r in got] == want
     assert [r["error"] for r in got if r["error"]] == ["missing_id"]

@@ -19,7 +19,6 @@ from mak_ray import storage
 from mak_ray.config import ModelSection, config_from_dict
 from mak_ray.layout import ShardedOutput
 from mak_ray.models import build_model, save_model
-from mak_ray.score import markers
 from mak_ray.score import (
     embed_images as _embed_images,
 )
@@ -27,6 +26,7 @@ from mak_ray.score import (
     iter_score_columns,
     load_embeddings,
     load_valid_embeddings,
+    markers,
 )
 from mak_ray.score import (
     score_pool as _score_pool,
@@ -323,7 +323,9 @@ def test_parquet_ids_repeated_across_files_are_scored_once(ray_session, model_ur
     check_accounting(again, table(out), 12, collections.Counter({"duplicate_id": 5}))
 
     # retraining reads each selected id from the shard whose row was scored, even without the owner map
-    rows = keep_rows(image_dataset(units, p.part_uris, cfg.data), cfg.data, at={"a": first["a"], "d": first["d"]})
+    rows = keep_rows(
+        image_dataset(units, p.part_uris, cfg.data), cfg.data, at={"a": first["a"], "d": first["d"]}
+    )
     got = rows.to_pandas()
     assert sorted(zip(got["id"], got["shard"])) == [("a", first["a"]), ("d", first["d"])]
 

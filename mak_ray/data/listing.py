@@ -33,7 +33,7 @@ import logging
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 MAX_SHARD_FACTOR = 4  # a shard holds at most this many times files_per_shard files
 ORDER_BYTES = 32  # of the first member's relative name, in the shard id (ids sort like names)
-PAGES_PER_ITEM = 10  # S3 LIST pages (1,000 keys) a task reads of one range before it splits the rest
+PAGE_KEYS = 1000  # keys per S3 LIST page (the most S3 returns)
+PAGES_PER_ITEM = 10  # S3 LIST pages a task reads of one range before it splits the rest
 MAX_SPLITS = 32  # pieces a long S3 range is split into per round
 MAX_ALPHABET = 64
 FOOTER_THREADS = 16  # Parquet footers are read while listing; object-store latency bounds it
@@ -89,6 +90,8 @@ class ListSpec:
     follow_symlinks: bool
     parquet_rows_per_shard: int
     staging: str  # folder the tasks write their manifest parts to ("": count and digest only)
+    page_keys: int = PAGE_KEYS
+    pages_per_item: int = PAGES_PER_ITEM
 
     @property
     def is_s3(self) -> bool:
@@ -426,16 +429,15 @@ class S3Range:
     prefix: str
     after: str | None = None
     stop: str | None = None
-    pages: int = field(default=PAGES_PER_ITEM)
 
     @property
     def at_start(self) -> bool:
         return self.after is None
 
 
-def _pages(client, r: S3Range) -> Iterator[list[tuple[str, dict | None]]]:
+def _pages(client, r: S3Range, page_keys: int) -> Iterator[list[tuple[str, dict | None]]]:
     """Pages of ``(name, object or None for a sub-folder)`` in key order, from ``r.after`` on."""
-    kwargs: dict[str, Any] = {"Bucket": r.bucket, "Prefix": r.prefix, "Delimiter": "/", "MaxKeys": 1000}
+    kwargs: dict[str, Any] = {"Bucket": r.bucket, "Prefix": r.prefix, "Delimiter": "/", "MaxKeys": page_keys}
     if r.after is not None:
         kwargs["StartAfter"] = r.after
     while True:
@@ -515,7 +517,7 @@ def _list_range(
     chars: set[str] = set()
     pages = 0
     finishing = False  # past the range's end: only the files of the last shard, up to the next boundary
-    for items in _pages(client, r):
+    for items in _pages(client, r, spec.page_keys):
         pages += 1
         for key, obj in items:
             if not finishing and stop is not None and key > stop:
@@ -561,7 +563,7 @@ def _list_range(
                 b.file(_s3_entry(spec, root_len, r.bucket, key, obj, kind), natural=natural)
             else:
                 b.single(_s3_entry(spec, root_len, r.bucket, key, obj, kind))
-        if not finishing and pages >= r.pages and last is not None:
+        if not finishing and pages >= spec.pages_per_item and last is not None:
             # stop owning here: the rest of the range goes to new items; finish the open shard first
             stop = last
             finishing = True

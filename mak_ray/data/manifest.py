@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 SHARDS_FILE = "shards.parquet"
 LIST_CPUS = 0.25  # listing waits on the file system or the object store more than it computes
+INLINE_SECONDS = 1.0  # a listing runs in this process until it has taken this long, then in Ray tasks
 MAX_IN_FLIGHT = 64
 DIRS_PER_TASK = 16
 RANGES_PER_TASK = 8
@@ -138,6 +139,8 @@ def _spec(uri: str, data: DataSection, staging: str) -> ListSpec:
         follow_symlinks=data.follow_symlinks,
         parquet_rows_per_shard=data.parquet_rows_per_shard,
         staging=staging,
+        page_keys=listing.PAGE_KEYS,
+        pages_per_item=listing.PAGES_PER_ITEM,
     )
 
 
@@ -145,29 +148,34 @@ def _spec(uri: str, data: DataSection, staging: str) -> ListSpec:
 
 
 class _Tasks:
-    """Runs listing calls as Ray tasks when Ray is up, else one after another in this process."""
+    """Runs listing calls in this process for the first ``INLINE_SECONDS`` (a small input never waits for
+    worker processes), then as Ray tasks when Ray is up."""
 
     def __init__(self) -> None:
         import ray
 
         self.ray = ray if ray.is_initialized() else None
         self.remote: dict[Any, Any] = {}
-        self.inline: deque = deque()
+        self.inline_until = time.monotonic() + INLINE_SECONDS
+        self.done: deque = deque()
+        self.pending: list = []
 
-    def submit(self, fn, *args) -> Any:
-        if self.ray is None:
-            self.inline.append((fn, args))
-            return len(self.inline)
+    def submit(self, fn, *args) -> None:
+        if self.ray is None or time.monotonic() < self.inline_until:
+            self.done.append(fn(*args))
+            return
         if fn not in self.remote:
             self.remote[fn] = self.ray.remote(fn).options(num_cpus=LIST_CPUS)
-        return self.remote[fn].remote(*args)
+        self.pending.append(self.remote[fn].remote(*args))
 
-    def wait_one(self, pending: list) -> tuple[dict[str, Any], list]:
-        if self.ray is None:
-            fn, args = self.inline.popleft()
-            return fn(*args), pending[1:]
-        ready, rest = self.ray.wait(pending, num_returns=1)
-        return self.ray.get(ready[0]), rest
+    def busy(self) -> bool:
+        return bool(self.done or self.pending)
+
+    def next(self) -> dict[str, Any]:
+        if self.done:
+            return self.done.popleft()
+        ready, self.pending = self.ray.wait(self.pending, num_returns=1)
+        return self.ray.get(ready[0])
 
 
 @dataclass
@@ -201,13 +209,12 @@ def _walk(spec: ListSpec) -> _Listing:
     tasks = _Tasks()
     out = _Listing()
     part = 0
-    pending: list = []
     queue: deque = deque()
     visited: set[tuple[int, int]] = set()
 
     def submit(fn, *args) -> None:
         nonlocal part
-        pending.append(tasks.submit(fn, spec, part, *args))
+        tasks.submit(fn, spec, part, *args)
         part += 1
 
     if spec.is_s3:
@@ -229,11 +236,11 @@ def _walk(spec: ListSpec) -> _Listing:
             queue.append(LocalDir(root, b"", (st.st_dev, st.st_ino)))
         per_task = DIRS_PER_TASK
         fn = listing.list_local
-    while queue or pending:
-        while queue and len(pending) < MAX_IN_FLIGHT:
+    while queue or tasks.busy():
+        while queue and len(tasks.pending) < MAX_IN_FLIGHT:
             n = max(1, min(per_task, len(queue) // max(1, MAX_IN_FLIGHT // 4)))
             submit(fn, [queue.popleft() for _ in range(min(n, len(queue)))])
-        res, pending = tasks.wait_one(pending)
+        res = tasks.next()
         out.add(res)
         for child in res["children"]:
             if isinstance(child, LocalDir):
