@@ -269,13 +269,14 @@ def memory(pools: dict[int, str], runs: dict[int, str], model: str) -> None:
     from mak_ray.stages import score as score_stage
     from mak_ray.stages import select as select_stage
 
-    print("\n1. driver memory: score and select stages (cheap pool, tiny model, 8 px, 1 % decodable)")
+    print("\n1. driver memory: score and select stages (cheap pool, tiny model, 8 px, 1 % decodable, K = 100)")
     print(
         f"{'objects':>9} {'score s':>8} {'score +MiB':>10} {'select s':>8} {'select +MiB':>11} {'scored':>7}  load"
     )
     growth_by: dict[int, tuple[int, int]] = {}
+    k = max(1, min(100, min(pools) // USABLE_EVERY // 4))  # fewer than the smaller pool's usable images
     for n, pool in pools.items():
-        cfg = run_cfg(pool, runs[n], 8, 100)
+        cfg = run_cfg(pool, runs[n], 8, k)
         prepare_run(cfg, model)
         layout = RunLayout(cfg.run.output_uri)
         s_sec, s_grow, summary = stage_rss(lambda: score_stage.run(cfg, layout))  # noqa: B023

@@ -98,7 +98,7 @@ class ListSpec:
         return storage.is_s3(self.root)
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     rel: bytes  # name relative to the input root
     rid: str
@@ -122,11 +122,11 @@ def is_boundary(rel: bytes, files_per_shard: int) -> bool:
 
 def shard_id(first_rel: bytes, members: list[tuple[bytes, int, str, str | None]], extra: str = "") -> str:
     """``<hex of the first name, up to ORDER_BYTES>-<hash of every member's name, size, version, error>``."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(extra.encode())
-    for rel, size, version, err in members:
-        h.update(rel + b"\0" + str(size).encode() + b"\0" + version.encode() + b"\0" + (err or "").encode())
-        h.update(b"\n")
+    text = b"\n".join(
+        b"\0".join((rel, str(size).encode(), version.encode(), (err or "").encode()))
+        for rel, size, version, err in members
+    )
+    h = hashlib.blake2b(extra.encode() + b"\n" + text + b"\n", digest_size=8)
     return f"{first_rel[:ORDER_BYTES].hex()}{extra}-{h.hexdigest()}"
 
 
@@ -149,11 +149,24 @@ class PartBuilder:
         self.chunk: list[Entry] = []
         self.chunk_anchor = 0  # files since the last boundary name (forced cuts count from there)
         self.threshold_cut = MAX_SHARD_FACTOR * spec.files_per_shard
+        # a local folder is always listed whole by one task, so its entries are hashed together (one hash per
+        # folder); an S3 range may be split anywhere, so each key is hashed on its own
+        self.per_entry = spec.is_s3
+        self.seen_block: list[bytes] = []
 
     # -- accounting
     def seen(self, rel: bytes, size: int, version: str) -> None:
         self.listed += 1
-        self.digest = (self.digest + entry_hash(rel, size, version)) % (1 << 128)
+        if self.per_entry:
+            self.digest = (self.digest + entry_hash(rel, size, version)) % (1 << 128)
+        else:
+            self.seen_block.append(b"\0".join((rel, str(size).encode(), version.encode())))
+
+    def _flush_seen(self) -> None:
+        if self.seen_block:
+            h = hashlib.blake2b(b"\n".join(self.seen_block), digest_size=16).digest()
+            self.digest = (self.digest + int.from_bytes(h, "big")) % (1 << 128)
+            self.seen_block = []
 
     def skip(self, reason: str, rel: bytes, size: int = 0, version: str = "") -> None:
         self.seen(rel, size, version)
@@ -189,7 +202,9 @@ class PartBuilder:
     def file(self, e: Entry, natural: bool) -> None:
         """The next image file of a folder sequence: cut before it at a boundary name or a full shard."""
         self.seen(e.rel, e.size, e.version)
-        self._kind_seen(e)
+        self.kinds[FILES] += 1
+        if len(self.examples[FILES]) < 3:
+            self.examples[FILES].append(e.rid)
         if natural:
             self.close_chunk()
             self.chunk_anchor = 0
@@ -199,20 +214,30 @@ class PartBuilder:
         self.chunk_anchor += 1
 
     def close_chunk(self) -> None:
-        if not self.chunk:
+        chunk = self.chunk
+        if not chunk:
             return
-        members = [(e.rel, e.size, e.version, e.error) for e in self.chunk]
-        sid = shard_id(self.chunk[0].rel, members)
+        sid = shard_id(chunk[0].rel, [(e.rel, e.size, e.version, e.error) for e in chunk])
         start = len(self.cols["id"])
-        for e in self.chunk:
-            self._row(e, sid)
-        self._shard(sid, FILES, start, len(self.chunk))
+        n = len(chunk)
+        c = self.cols
+        c["id"].extend(e.rid for e in chunk)
+        c["kind"].extend([FILES] * n)
+        c["size"].extend(e.size for e in chunk)
+        c["version"].extend(e.version for e in chunk)
+        c["label"].extend(e.label for e in chunk)
+        c["error"].extend(e.error for e in chunk)
+        c["shard"].extend([sid] * n)
+        c["row_groups"].extend([None] * n)
+        c["rows"].extend([None] * n)
+        self._shard(sid, FILES, start, n)
         self.chunk = []
 
     def end_sequence(self) -> None:
         """A folder's files end here (the next file starts a new shard whatever its name)."""
         self.close_chunk()
         self.chunk_anchor = 0
+        self._flush_seen()
 
     def single(self, e: Entry) -> None:
         """A tar or Parquet file (Parquet is cut by row group once its footer is read, in :meth:`finish`)."""
@@ -320,26 +345,29 @@ def _join_rel(rel: bytes, name: bytes) -> bytes:
 
 def list_local(spec: ListSpec, part: int, dirs: list[LocalDir]) -> dict[str, Any]:
     """List each folder of ``dirs`` (not recursively) into one manifest part; sub-folders are returned."""
+    from mak_ray.data.readers import read_error
+
     b = PartBuilder(spec, part)
     skip = SkipRules(spec.skip)
     children: list[LocalDir] = []
+    fps = spec.files_per_shard
     for d in dirs:
         try:
             with os.scandir(d.path) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            from mak_ray.data.readers import read_error
-
-            e = Entry(d.rel, names.local_id(d.path), 0, "", FILES, read_error(exc))
-            b.file(e, natural=True)
+            b.file(Entry(d.rel, names.local_id(d.path), 0, "", FILES, read_error(exc)), natural=True)
             b.end_sequence()
             continue
+        dir_id = names.local_id(d.path)  # the folder's part of its files' ids, encoded once
+        label = names.text(d.rel.rpartition(b"/")[2]) if spec.labels_from_parent and d.rel else None
+        prefix = d.rel + b"/" if d.rel else b""
         for de in entries:
             name: bytes = de.name
-            rel = _join_rel(d.rel, name)
+            rel = prefix + name
             try:
                 is_dir = de.is_dir(follow_symlinks=False)
-                is_link = de.is_symlink()
+                is_link = not is_dir and de.is_symlink()
             except OSError:
                 is_dir = is_link = False
             if is_dir:
@@ -350,27 +378,22 @@ def list_local(spec: ListSpec, part: int, dirs: list[LocalDir]) -> dict[str, Any
                     st = de.stat(follow_symlinks=False)
                     children.append(LocalDir(de.path, rel, (st.st_dev, st.st_ino)))
                 continue
-            target = None
-            if is_link:
-                try:
-                    target = os.stat(de.path)
-                except OSError:
-                    target = None
-                if target is not None and stat.S_ISDIR(target.st_mode):
-                    reason = skip.reason(name, True)
-                    if reason:
-                        b.skip(reason, rel)
-                    elif spec.follow_symlinks:
-                        children.append(LocalDir(de.path, rel, (target.st_dev, target.st_ino)))
-                    else:
-                        b.skip("symlink_dir", rel)
-                    continue
-            reason = skip.reason(name, False)
+            st = None
             try:
-                st = target if is_link else de.stat(follow_symlinks=False)
+                st = os.stat(de.path) if is_link else de.stat(follow_symlinks=False)
             except OSError:
-                st = None
+                pass
+            if is_link and st is not None and stat.S_ISDIR(st.st_mode):
+                reason = skip.reason(name, True)
+                if reason:
+                    b.skip(reason, rel)
+                elif spec.follow_symlinks:
+                    children.append(LocalDir(de.path, rel, (st.st_dev, st.st_ino)))
+                else:
+                    b.skip("symlink_dir", rel)
+                continue
             size, version = (st.st_size, str(st.st_mtime_ns)) if st is not None else (0, "")
+            reason = skip.reason(name, False)
             if reason:
                 b.skip(reason, rel, size, version)
                 continue
@@ -380,20 +403,19 @@ def list_local(spec: ListSpec, part: int, dirs: list[LocalDir]) -> dict[str, Any
                 continue
             e = Entry(
                 rel,
-                names.local_id(de.path),
+                f"{dir_id}/{names.encode(name)}",
                 size,
                 version,
                 kind,
-                label=_label(spec, rel) if kind == FILES else None,
+                None,
+                label if kind == FILES else None,
             )
-            if is_link and st is None:
-                e.error = "broken_link"
-            elif st is None:
-                e.error = "read_error:stat"
+            if st is None:
+                e.error = "broken_link" if is_link else "read_error:stat"
             elif not stat.S_ISREG(st.st_mode):
                 e.error = "not_a_regular_file"
             if kind == FILES:
-                b.file(e, natural=is_boundary(rel, spec.files_per_shard))
+                b.file(e, natural=is_boundary(rel, fps))
             else:
                 b.single(e)
         b.end_sequence()

@@ -17,6 +17,7 @@ reason (``pattern:<p>``, ``suffix`` for a file of no input kind, ``symlink_dir``
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Sequence
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
@@ -25,6 +26,7 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 PARQUET_SUFFIXES = (".parquet",)
 
 _SAFE = "/:@!$&'()*+,;="  # besides the unreserved characters, which quote never escapes
+_ALL_SAFE = re.compile(rb"[A-Za-z0-9\-._~/:@!$&'()*+,;=]*")
 
 # kinds of input object, from the file name
 FILES, TAR, PARQUET = "files", "tar", "parquet"
@@ -32,6 +34,8 @@ FILES, TAR, PARQUET = "files", "tar", "parquet"
 
 def encode(raw: bytes) -> str:
     """Percent-encode ``raw`` as the module docstring says (the inverse of :func:`decode`)."""
+    if _ALL_SAFE.fullmatch(raw):  # most names: nothing to escape
+        return raw.decode("ascii")
     return quote_from_bytes(raw, safe=_SAFE)
 
 
@@ -79,15 +83,19 @@ def text(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+_KINDS = (
+    (FILES, ("auto", "images"), tuple(s.encode() for s in IMAGE_SUFFIXES)),
+    (TAR, ("auto", "tar"), tuple(s.encode() for s in TAR_SUFFIXES)),
+    (PARQUET, ("auto", "parquet"), tuple(s.encode() for s in PARQUET_SUFFIXES)),
+)
+
+
 def kind_of(name: bytes, fmt: str) -> str | None:
     """The input kind of a file name under ``data.format`` (``auto`` takes all three), None when it is none."""
     low = name.lower()
-    if fmt in ("auto", "images") and low.endswith(tuple(s.encode() for s in IMAGE_SUFFIXES)):
-        return FILES
-    if fmt in ("auto", "tar") and low.endswith(tuple(s.encode() for s in TAR_SUFFIXES)):
-        return TAR
-    if fmt in ("auto", "parquet") and low.endswith(tuple(s.encode() for s in PARQUET_SUFFIXES)):
-        return PARQUET
+    for kind, formats, suffixes in _KINDS:
+        if fmt in formats and low.endswith(suffixes):
+            return kind
     return None
 
 
@@ -97,9 +105,23 @@ class SkipRules:
     def __init__(self, patterns: Sequence[str]) -> None:
         self.files = [(p, p.encode()) for p in patterns if not p.endswith("/")]
         self.dirs = [(p, p[:-1].encode()) for p in patterns if p.endswith("/")]
+        # one regex for each kind of entry: most names match none, and that is one match call
+        self._any_file = self._union([pat for _, pat in self.files])
+        self._any_dir = self._union([pat for _, pat in self.files + self.dirs])
+
+    @staticmethod
+    def _union(pats: list[bytes]) -> re.Pattern | None:
+        if not pats:
+            return None
+        return re.compile(
+            b"|".join(b"(?:" + fnmatch.translate(p.decode("latin-1")).encode("latin-1") + b")" for p in pats)
+        )
 
     def reason(self, name: bytes, is_dir: bool) -> str | None:
         """``pattern:<p>`` for the first pattern that matches the component ``name``, else None."""
+        quick = self._any_dir if is_dir else self._any_file
+        if quick is None or not quick.match(name):
+            return None
         for p, pat in self.files:
             if fnmatch.fnmatchcase(name, pat):
                 return f"pattern:{p}"
