@@ -269,7 +269,14 @@ def memory(pools: dict[int, str], runs: dict[int, str], model: str) -> None:
     from mak_ray.stages import score as score_stage
     from mak_ray.stages import select as select_stage
 
-    print("\n1. driver memory: score and select stages (cheap pool, tiny model, 8 px, 1 % decodable, K = 100)")
+    # a warm-up run on a small pool first: the first run of each stage imports and caches what it needs
+    warm = os.path.join(os.path.dirname(runs[min(runs)]), "warm")
+    make_cheap_pool(warm + "-pool", 2000)
+    cfg = run_cfg(warm + "-pool", warm, 8, 4)
+    prepare_run(cfg, model)
+    score_stage.run(cfg, RunLayout(warm))
+    select_stage.run(cfg, RunLayout(warm))
+    print("\n1. driver memory: score and select stages (cheap pool, tiny model, 8 px, 1 % decodable)")
     print(
         f"{'objects':>9} {'score s':>8} {'score +MiB':>10} {'select s':>8} {'select +MiB':>11} {'scored':>7}  load"
     )

@@ -87,7 +87,16 @@ def test_a_grown_pool_scores_only_its_new_shards(ray_session, model_uri, centroi
     # 10 % more: a new sub-folder and names spread among the existing ones
     added = [f"new/img{i:03d}.png" for i in range(6)] + [f"c{i % 3}/img{2 * i + 1:03d}.png" for i in range(6)]
     _write(pool, added, 1)
+    from mak_ray.data.manifest import plan_for
+    from mak_ray.score.engine import shard_delta
+
+    delta = shard_delta(plan_for(cfg, pool), ShardedOutput(storage.join(run, "score")))  # what status shows
     grown = score(cfg, model_uri, centroids)
+    assert delta == {
+        "done": grown["shards_reused"],
+        "to_add": grown["shards_added"],
+        "to_remove": grown["shards_removed"],
+    }
     assert grown["inputs"] == 132 and grown["shards_removed"] >= 1
     assert grown["shards_reused"] + grown["shards_added"] == grown["shards"]
     assert grown["shards_reused"] >= first["shards"] - 6 - 2  # at most the shards a new file fell into

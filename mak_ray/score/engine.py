@@ -162,6 +162,20 @@ def _prepare(out: ShardedOutput, units: pa.Table, params: dict[str, Any]) -> tup
     return keep, {"reused": keep.num_rows, "removed": len(removed)}
 
 
+def shard_delta(plan: Plan, out: ShardedOutput) -> dict[str, int]:
+    """What a scoring run of ``plan`` into ``out`` would do at shard level, from the shard index, the markers
+    and the output's folder names only (no image is read): shards ``done`` (finished and still planned),
+    ``to_add`` (planned, not finished) and ``to_remove`` (in the output, not planned). It assumes the params
+    match; when they do not (see ``params.json``), every planned shard is to add."""
+    planned = plan.shard_table().column("shard")
+    done = markers.read_markers(out).column("shard")
+    present = _shard_dirs(out) if storage.exists(out.root) else pa.array([], pa.string())
+    kept = pc.sum(pc.is_in(done, value_set=planned).cast(pa.int64())).as_py() or 0
+    extra = pc.unique(pa.concat_arrays([done.combine_chunks().cast(pa.string()), present]))
+    removed = pc.sum(pc.invert(pc.is_in(extra, value_set=planned)).cast(pa.int64())).as_py() or 0
+    return {"done": int(kept), "to_add": len(planned) - int(kept), "to_remove": int(removed)}
+
+
 # ------------------------------------------------------------------------------------------- engine
 
 
