@@ -270,7 +270,7 @@ class PartBuilder:
     def finish(self) -> dict[str, Any]:
         """Write the part (when it holds rows) and return the task's result for the driver."""
         self.end_sequence()
-        if self.parquet:
+        if self.parquet and self.spec.staging:  # a digest-only listing needs no footers
             self._parquet_pieces()
         n = len(self.cols["id"])
         name = None
