@@ -209,8 +209,8 @@ def run_pipeline(cfg: MakConfig) -> str:
 
 
 def describe_inputs(cfg: MakConfig, stages: tuple[str, ...]) -> list[str]:
-    """One line per input the ``stages`` read: its size and shards, from the planner (no image is read)."""
-    from mak_ray.data import plan_from_config
+    """One line per input the ``stages`` read: its size and shards, from its plan (no image is read)."""
+    from mak_ray.data.manifest import plan_for
 
     lines = []
     names = [
@@ -220,11 +220,11 @@ def describe_inputs(cfg: MakConfig, stages: tuple[str, ...]) -> list[str]:
     ]
     for name in names:
         uri = getattr(cfg.data, name)
-        shards = plan_from_config(uri, cfg.data)
-        rows = [s.known_rows for s in shards]
-        size = f"{sum(rows):,} images" if None not in rows else "images counted when read"
-        n = f"{len(shards):,} shard{'s' if len(shards) != 1 else ''}"
-        lines.append(f"data.{name}: {size} in {n} ({shards[0].kind}) at {uri}")
+        plan = plan_for(cfg, uri)
+        rows = plan.input_rows
+        size = f"{rows:,} images" if rows is not None else "images counted when read"
+        n = f"{plan.shards:,} shard{'s' if plan.shards != 1 else ''}"
+        lines.append(f"data.{name}: {size} in {n} ({plan.format}) at {uri}")
     return lines
 
 

@@ -89,7 +89,6 @@ def output_params(cfg: MakConfig, actor: type[ModelActor], model_uri: str, **dig
             "id_column": d.id_column,
             "image_column": d.image_column,
             "label_column": d.label_column,
-            "skip": list(d.skip),
         },
     }
 

@@ -7,23 +7,24 @@ size.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
+from mak_ray import storage
 from mak_ray.config import MakConfig
 from mak_ray.layout import RunLayout, done, mark_done, read_done
 
 log = logging.getLogger(__name__)
 
 
-def _fetched(layout: RunLayout, name: str, fetch) -> dict:
-    """The fetched set ``name`` (fetched now unless an earlier run finished it) and its counts."""
+def _fetched(layout: RunLayout, name: str, source: str, fetch) -> dict:
+    """The fetched set ``name`` and its counts: fetched now unless an earlier run fetched it from the same
+    ``source`` (a digest of what it was fetched from: the target's listing, or the selection)."""
     out = layout.retrain_data(name)
-    if done(out):
+    if done(out) and read_done(out).get("source") == source:
         return read_done(out)
-    from mak_ray import storage
-
-    storage.delete(out)  # the parts of an interrupted fetch
-    info = fetch(out)
+    storage.delete(out)  # an interrupted fetch, or one of an earlier selection or target set
+    info = {**fetch(out), "source": source}
     mark_done(out, info)
     log.info("retrain data %s: %s", name, info)
     return info
@@ -37,7 +38,9 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
     from mak_ray.train.trainer import train_simclr
 
     target_images = read_done(layout.stage_dir("embed_target"))["target_images"]
-    target = _fetched(layout, "target", lambda out: fetch_target(cfg, out))
+    target_plan = plan_for(cfg, cfg.data.target)
+    source = f"{target_plan.digest}:{cfg.data.image_size}:{cfg.data.max_pixels}"
+    target = _fetched(layout, "target", source, lambda out: fetch_target(cfg, target_plan, out))
     if target["usable"] != target_images:
         raise RuntimeError(
             f"retrain: the target set has {target['usable']} usable images now, {target_images} when it was "
@@ -55,8 +58,9 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
         if pool is None:
             pool = read_plan(layout.plan("pool")) or plan_for(cfg, cfg.data.pool)
         sel = layout.selection(method)
+        source = hashlib.sha256(storage.read_bytes(sel.parquet)).hexdigest()[:32] + f":{pool.digest}"
         picked = _fetched(
-            layout, method, lambda d, s=sel, p=pool: fetch_selection(cfg, s, p, layout.scores, d)
+            layout, method, source, lambda d, s=sel, p=pool: fetch_selection(cfg, s, p, layout.scores, d)
         )
         if picked["usable"] != len(ids):
             raise RuntimeError(

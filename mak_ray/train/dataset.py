@@ -44,12 +44,10 @@ def training_dataset(cfg: MakConfig, target_uri: str):
 # ------------------------------------------------------------------------------------------- fetched sets
 
 
-def fetch_target(cfg: MakConfig, out_dir: str) -> dict[str, Any]:
-    """Every object of the target set into ``out_dir`` (see :mod:`mak_ray.data.fetch`)."""
+def fetch_target(cfg: MakConfig, plan: Plan, out_dir: str) -> dict[str, Any]:
+    """Every object of the target set (its ``plan``) into ``out_dir`` (see :mod:`mak_ray.data.fetch`)."""
     from mak_ray.data.fetch import fetch_shards
-    from mak_ray.data.manifest import plan_for
 
-    plan = plan_for(cfg, cfg.data.target)
     return fetch_shards(plan.shard_table(), plan.part_uris, cfg.data, out_dir)
 
 
