@@ -209,8 +209,9 @@ def run_pipeline(cfg: MakConfig) -> str:
 
 
 def describe_inputs(cfg: MakConfig, stages: tuple[str, ...]) -> list[str]:
-    """One line per input the ``stages`` read: its size and shards, from its plan (no image is read)."""
-    from mak_ray.data.manifest import plan_for
+    """One line per input the ``stages`` read: its size and shards, from a listing (no image is read, nothing
+    written)."""
+    from mak_ray.data.manifest import survey_input
 
     lines = []
     names = [
@@ -220,7 +221,7 @@ def describe_inputs(cfg: MakConfig, stages: tuple[str, ...]) -> list[str]:
     ]
     for name in names:
         uri = getattr(cfg.data, name)
-        plan = plan_for(cfg, uri)
+        plan = survey_input(uri, cfg.data)
         rows = plan.input_rows
         size = f"{rows:,} images" if rows is not None else "images counted when read"
         n = f"{plan.shards:,} shard{'s' if plan.shards != 1 else ''}"

@@ -259,10 +259,10 @@ def reasons(state: StageState) -> list[str]:
 def score_shards(cfg: MakConfig, layout: RunLayout, unit: UnitState) -> ShardCounts:
     """Scoring's shards from its markers and the planned shards of the pool (the planner lists the pool and, for
     Parquet, reads footers; no image is read). A unit that runs from the start keeps none of its shards."""
-    from mak_ray.data.manifest import plan_for
+    from mak_ray.data.manifest import survey_input
     from mak_ray.score.engine import shard_delta
 
-    delta = shard_delta(plan_for(cfg, cfg.data.pool), layout.scores)
+    delta = shard_delta(survey_input(cfg.data.pool, cfg.data), layout.scores)
     if unit.action == RUN:
         return ShardCounts(0, delta["done"] + delta["to_add"], delta["done"] + delta["to_remove"])
     return ShardCounts(delta["done"], delta["to_add"], delta["to_remove"])

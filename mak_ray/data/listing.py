@@ -89,7 +89,8 @@ class ListSpec:
     skip: tuple[str, ...]
     follow_symlinks: bool
     parquet_rows_per_shard: int
-    staging: str  # folder the tasks write their manifest parts to ("": count and digest only)
+    staging: str  # folder the tasks write their manifest parts to ("": the rows are not kept)
+    footers: bool = True  # read Parquet footers to cut big files by row group (a digest needs no footers)
     page_keys: int = PAGE_KEYS
     pages_per_item: int = PAGES_PER_ITEM
 
@@ -270,7 +271,7 @@ class PartBuilder:
     def finish(self) -> dict[str, Any]:
         """Write the part (when it holds rows) and return the task's result for the driver."""
         self.end_sequence()
-        if self.parquet and self.spec.staging:  # a digest-only listing needs no footers
+        if self.parquet and self.spec.footers:
             self._parquet_pieces()
         n = len(self.cols["id"])
         name = None

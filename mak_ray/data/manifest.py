@@ -75,6 +75,7 @@ class Plan:
     seconds: float = 0.0
     reused: bool = False
     created: float = field(default_factory=time.time)
+    index: pa.Table | None = field(default=None, repr=False)  # the shard index of a survey (nothing written)
 
     @property
     def part_uris(self) -> list[str]:
@@ -86,7 +87,7 @@ class Plan:
 
     def shard_table(self) -> pa.Table:
         """The shard index (id, kind, part, start, stop, rows), sorted by shard id."""
-        return storage.read_parquet(self.shard_index)
+        return self.index if self.index is not None else storage.read_parquet(self.shard_index)
 
     @property
     def input_rows(self) -> int | None:
@@ -94,8 +95,11 @@ class Plan:
         return None if self.unknown_shards else self.known_rows
 
     def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("reused")
+        d = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("reused", "index")
+        }
         return d
 
     @classmethod
@@ -129,7 +133,7 @@ def settings_of(data: DataSection) -> dict[str, Any]:
     }
 
 
-def _spec(uri: str, data: DataSection, staging: str) -> ListSpec:
+def _spec(uri: str, data: DataSection, staging: str, footers: bool = True) -> ListSpec:
     return ListSpec(
         root=uri,
         fmt=data.format,
@@ -139,6 +143,7 @@ def _spec(uri: str, data: DataSection, staging: str) -> ListSpec:
         follow_symlinks=data.follow_symlinks,
         parquet_rows_per_shard=data.parquet_rows_per_shard,
         staging=staging,
+        footers=footers,
         page_keys=listing.PAGE_KEYS,
         pages_per_item=listing.PAGES_PER_ITEM,
     )
@@ -194,6 +199,7 @@ class _Listing:
     def add(self, res: dict[str, Any]) -> None:
         if res["name"]:
             self.parts[res["part"]] = res["name"]
+        if res["shards"].num_rows:
             self.shard_tables.append(res["shards"])
         self.rows += res["rows"]
         self.listed += res["listed"]
@@ -318,7 +324,7 @@ def _shard_index(found: _Listing) -> tuple[list[str], pa.Table]:
     order = sorted(found.parts)
     renumber = {p: i for i, p in enumerate(order)}
     table = pa.concat_tables(found.shard_tables) if found.shard_tables else SHARD_SCHEMA.empty_table()
-    new_part = np.array([renumber[p] for p in table.column("part").to_pylist()], dtype=np.int32)
+    new_part = np.array([renumber.get(p, -1) for p in table.column("part").to_pylist()], dtype=np.int32)
     table = table.set_column(table.schema.get_field_index("part"), "part", pa.array(new_part, pa.int32()))
     table = table.sort_by("shard")
     sids = table.column("shard")
@@ -416,7 +422,36 @@ def input_digest(uri: str, data: DataSection, plan_dir: str | None = None) -> st
     (or kept, when unchanged), so the stage that reads the input next finds it current."""
     if plan_dir is not None:
         return plan_input(uri, data, plan_dir).digest
-    return _digest(uri, settings_of(data), _walk(_spec(uri, data, "")))
+    return _digest(uri, settings_of(data), _walk(_spec(uri, data, "", footers=False)))
+
+
+def survey_input(uri: str, data: DataSection) -> Plan:
+    """The plan ``plan_input`` would make (counts, format, shard index, digest), listed but written nowhere:
+    for ``mak-ray status`` and ``--dry-run``. Its shard index is held in memory (a few dozen bytes per shard)."""
+    t0 = time.perf_counter()
+    spec = _spec(uri, data, "")
+    found = _walk(spec)
+    fmt = _resolve_format(spec, found)
+    _, shards = _shard_index(found)
+    rows = shards.column("rows")
+    return Plan(
+        uri=uri,
+        root="",
+        manifest="",
+        parts=[],
+        format=fmt,
+        objects=found.rows,
+        listed=found.listed,
+        shards=shards.num_rows,
+        known_rows=int(pc.sum(rows).as_py() or 0),
+        unknown_shards=rows.null_count,
+        skipped=dict(sorted(found.skipped.items())),
+        kinds=dict(sorted(found.kinds.items())),
+        digest=_digest(uri, settings_of(data), found),
+        settings=settings_of(data),
+        seconds=round(time.perf_counter() - t0, 3),
+        index=shards,
+    )
 
 
 # ------------------------------------------------------------------------------------------- a bounded look
