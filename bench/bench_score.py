@@ -63,9 +63,9 @@ def hand_loop(cfg, model_uri: str, bank: np.ndarray, centroids: np.ndarray, file
     """The same work without Ray: returns images/s."""
     import torch
 
-    from mak_ray import storage
     from mak_ray.augment import clean_batch, seeded_views
     from mak_ray.data.decode import decode_image
+    from mak_ray.data.readers import read_object
     from mak_ray.mak import ecle, proximity
     from mak_ray.models import load_model
 
@@ -76,7 +76,7 @@ def hand_loop(cfg, model_uri: str, bank: np.ndarray, centroids: np.ndarray, file
     ecle_bs = min(sc.ecle_batch_size, bank.shape[1] + 1)
     for s in range(0, len(files), sc.batch_size):
         chunk = files[s : s + sc.batch_size]
-        imgs = np.stack([decode_image(storage.read_bytes(f), size, cfg.data.max_pixels)[0] for f in chunk])
+        imgs = np.stack([decode_image(read_object(f), size, cfg.data.max_pixels)[0] for f in chunk])
         with torch.inference_mode():
             v = seeded_views(imgs, chunk, sc.views, cfg.run.seed, size)
             r, b = v.shape[:2]
@@ -153,7 +153,7 @@ def main() -> None:
 
     from mak_ray import storage
     from mak_ray.config import ModelSection, config_from_dict
-    from mak_ray.data import plan_from_config
+    from mak_ray.data.manifest import plan_for
     from mak_ray.layout import ShardedOutput
     from mak_ray.models import build_model, save_model
     from mak_ray.score import score_pool
@@ -210,10 +210,13 @@ def main() -> None:
                 },
             }
         )
-        shards = plan_from_config(pool, cfg.data)
         sharded = ShardedOutput(out)
-        bank = load_or_compute_bank(cfg, model_uri, shards, sharded.file("bank.npy"))  # outside both timings
-        files = [f for s in shards for f in s.paths]
+        plan = plan_for(cfg, pool)
+        bank_uri = sharded.file("bank.npy")
+        bank = load_or_compute_bank(cfg, model_uri, plan, bank_uri, sharded.file("bank.json"))  # untimed
+        files = [
+            i for part in plan.part_uris for i in storage.read_parquet(part, ["id"]).column("id").to_pylist()
+        ]
         before = hand_loop(cfg, model_uri, bank, centroids, files)
         driver_before = current_rss()  # what this process already holds (the bench's own pools, hand loop)
         with RssSampler() as rss:

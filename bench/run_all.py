@@ -20,6 +20,7 @@ FULL = [
     ["bench.bench_train"],
     ["bench.bench_score", "--full"],
     ["bench.bench_score", "--full", "--model", "default"],
+    ["bench.bench_scale"],
 ]
 QUICK = [
     ["bench.bench_kcenter", "--small"],
@@ -28,6 +29,7 @@ QUICK = [
     ["bench.bench_augment"],
     ["bench.bench_train", "--images", "256", "--epochs", "3"],
     ["bench.bench_score"],
+    ["bench.bench_scale", "--small"],
 ]
 
 

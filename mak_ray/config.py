@@ -53,6 +53,9 @@ class RunSection:
     ray_address: str | None = None  # None: RAY_ADDRESS if set, else a local instance
 
 
+DEFAULT_SKIP = ("_SUCCESS", "_markers/", ".*", "__MACOSX/", "Thumbs.db")
+
+
 @dataclass
 class DataSection:
     """Input sets. Each is a local folder or s3:// prefix of images, tar shards, or Parquet."""
@@ -72,6 +75,11 @@ class DataSection:
     # a Parquet file with more rows is cut into shards of whole row groups of about this many rows, so that
     # one big file still spreads over the actor pool (a file with one row group stays one shard)
     parquet_rows_per_shard: int = field(default=10_000, metadata=positive())
+    # entries skipped by name (fnmatch on one path component; a trailing "/" matches folders only), each
+    # counted by reason in the plan and the scoring summary: the project's own markers, dotfiles, macOS and
+    # Windows litter
+    skip: list[str] = field(default_factory=lambda: list(DEFAULT_SKIP))
+    follow_symlinks: bool = False  # follow folder symlinks (each real folder is listed once)
     # CPUs per read/decode task: fractional, so that reads still run beside a trainer or actors that hold
     # most of a small machine's CPUs (a whole CPU per read task hangs a 2-CPU run)
     read_cpus: float = field(default=0.5, metadata=positive())
@@ -118,6 +126,9 @@ class ScoreSection:
     ecle_repeats: int = field(default=10, metadata=positive())
     temperature: float = field(default=0.2, metadata=positive())
     bank_size: int = field(default=4096, metadata=at_least(2))  # negative bank drawn uniformly from the pool
+    # the bank is drawn once per model and kept (a grown pool scores only its new shards against it); true
+    # draws it again, and then every shard is scored again
+    redraw_bank: bool = False
     centroids: int = field(default=10, metadata=positive())
     batch_size: int = field(default=64, metadata=positive())  # images per map_batches call
     # Upper bound of the actor pool; 0 = one actor per CPU (CPU scoring: each runs one torch thread) or per

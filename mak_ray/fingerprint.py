@@ -33,18 +33,12 @@ MISSING = "missing"
 
 
 def input_digest(uri: str, data: DataSection) -> str:
-    """The digest of one input's listing: the single place the pipeline gets it from.
+    """The digest of one input's listing: the single place the pipeline gets it from
+    (:func:`mak_ray.data.manifest.input_digest`: every listed entry's name, size and version, and the planning
+    settings; listed in parallel Ray tasks when Ray is up, never read)."""
+    from mak_ray.data.manifest import input_digest as listing_digest
 
-    Here it hashes the sorted URIs that :func:`mak_ray.storage.list_files` returns (paths only: a file
-    replaced in place under the same name is not seen). ``data`` is the reader's settings, for digests that
-    depend on them (the pool manifest).
-    """
-    del data
-    h = hashlib.sha256()
-    for path in storage.list_files(uri):
-        h.update(path.encode("utf-8", "surrogateescape"))
-        h.update(b"\n")
-    return h.hexdigest()
+    return listing_digest(uri, data)
 
 
 class InputDigests:

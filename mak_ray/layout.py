@@ -8,10 +8,12 @@ registry).
 
 ```
 config.yaml  timings.json  summary.json
+plan/<input>/      plan.json and the manifest of one input (pool, target, eval_train, eval_test)
 pretrain/          model.pt, train_metrics.json, Ray Train's run folder pretrain/pretrain/
 embed/target/      sharded output (embeddings), centroids.npy
-score/             sharded output (ecle, proximity, embeddings), bank.npy
+score/             sharded output (ecle, proximity, embeddings), bank.npy, bank.json
 select/<method>/   selection.parquet, selection.txt, summary.json (candidates/ while the stage runs)
+retrain/data/<set>/  the training rows fetched once (target, and each method's selected pool objects)
 retrain/<method>/  model.pt, train_metrics.json, Ray Train's run folder
 embed/eval/<model>/<split>/   sharded output (embeddings of the evaluation sets)
 evaluate/<model>/  metrics.json, metrics.md
@@ -23,7 +25,8 @@ Each stage folder, and each part folder of a stage made of parts (``select/<meth
 (what its output was made from, :mod:`mak_ray.fingerprint`).
 
 A *sharded output* (:class:`ShardedOutput`) is what the scoring engine writes: ``shard=<sid>/part-*.parquet``,
-one marker per finished shard under ``_markers/`` and ``summary.json``.
+batches of finished-shard markers under ``_markers/``, ``params.json`` (what the rows depend on: model,
+bank, centroids, scoring settings) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -78,8 +81,14 @@ class ShardedOutput:
     def markers_dir(self) -> str:
         return storage.join(self.root, self.MARKERS)
 
-    def marker(self, sid: str) -> str:
-        return storage.join(self.markers_dir, f"{sid}.json")
+    def marker_batch(self, name: str) -> str:
+        """One batch of finished-shard markers (JSON lines: shard, rows, scored, failed by reason)."""
+        return storage.join(self.markers_dir, f"{name}.jsonl")
+
+    @property
+    def params(self) -> str:
+        """What the rows depend on; a rerun with other params starts the output afresh."""
+        return storage.join(self.root, "params.json")
 
     @property
     def summary(self) -> str:
@@ -88,6 +97,26 @@ class ShardedOutput:
     def file(self, name: str) -> str:
         """A stage's own file beside the shards (the negative bank, the centroids)."""
         return storage.join(self.root, name)
+
+
+@dataclass(frozen=True)
+class PlanFolder:
+    """The plan of one input (:mod:`mak_ray.data.manifest`): ``plan.json``, the manifest folders (the part
+    files and shard index inside are named by the manifest module), and small samples drawn from it."""
+
+    root: str
+    MANIFEST_PREFIX = "manifest-"
+
+    @property
+    def plan(self) -> str:
+        return storage.join(self.root, "plan.json")
+
+    def manifest(self, token: str) -> str:
+        return storage.join(self.root, f"{self.MANIFEST_PREFIX}{token}")
+
+    def sample(self, name: str) -> str:
+        """Rows drawn from the manifest for one purpose (the negative bank's candidates), as a manifest part."""
+        return storage.join(self.root, "samples", f"{name}.parquet")
 
 
 @dataclass(frozen=True)
@@ -205,6 +234,20 @@ class RunLayout:
     @property
     def bank(self) -> str:
         return self.scores.file("bank.npy")
+
+    @property
+    def bank_info(self) -> str:
+        """What the bank was drawn with (model digest, sizes, seed): it is kept while they hold."""
+        return self.scores.file("bank.json")
+
+    def plan(self, name: str) -> str:
+        """The plan folder (:class:`PlanFolder`) of one input: ``pool``, ``target``, ``eval_train``,
+        ``eval_test``."""
+        return self._at("plan", name)
+
+    def retrain_data(self, name: str) -> str:
+        """Training rows fetched once for retraining: ``target``, or a method's selected pool objects."""
+        return self._at("retrain", "data", name)
 
     def selection(self, method: str) -> SelectionOutput:
         return SelectionOutput(self._at("select", method))

@@ -64,39 +64,46 @@ def write_run_summary(cfg: MakConfig, layout: RunLayout) -> dict:
 # ------------------------------------------------------------------------------------------- preflight
 
 
-def known_inputs(uri: str, cfg: MakConfig) -> int | None:
-    """How many inputs ``uri`` holds, when cheap to know (image files, Parquet row counts); else None."""
-    from mak_ray.data import plan_from_config
-
-    total = 0
-    for shard in plan_from_config(uri, cfg.data):
-        if shard.known_rows is None:
-            return None
-        total += shard.known_rows
-    return total
-
-
 def preflight(cfg: MakConfig, stages: tuple[str, ...]) -> None:
-    """Refuse, before any heavy work, a run that cannot finish: missing inputs, earlier outputs or budget."""
+    """Refuse, before any heavy work, a run that cannot finish: missing or empty inputs, earlier outputs, or a
+    budget over the pool. Inputs get a bounded look (:func:`mak_ray.data.manifest.peek_input`), never a full
+    listing; the pool's size comes from its plan when an earlier run made one for these settings, else from
+    the look when it saw the whole pool."""
+    from mak_ray.data.manifest import Peek, peek_input, read_plan, settings_of
+
     layout = RunLayout(cfg.run.output_uri)
     planned = set(stages)
     init = cfg.model.init_checkpoint
     if init and {"pretrain", "retrain"} & planned and not storage.exists(init):
         raise ConfigError("model.init_checkpoint", f"{init} does not exist")
+    looks: dict[str, Peek] = {}
+
+    def look(name: str, stage: str) -> Peek:
+        uri = getattr(cfg.data, name)
+        if name not in looks:
+            try:
+                looks[name] = peek_input(uri, cfg.data)
+            except FileNotFoundError as e:
+                raise ConfigError(f"data.{name}", f"{uri} does not exist (stage '{stage}' reads it)") from e
+            except ValueError as e:  # mixed formats
+                raise ConfigError(f"data.{name}", str(e)) from e
+            if looks[name].exhausted and not looks[name].inputs:
+                raise ConfigError(f"data.{name}", f"no {cfg.data.format} inputs found under {uri}")
+        return looks[name]
+
     for stage in stages:
         for name in STAGE_SPECS[stage].needs_data:
-            uri = getattr(cfg.data, name)
-            if not uri:
+            if not getattr(cfg.data, name):
                 raise ConfigError(f"data.{name}", f"stage '{stage}' needs it, but it is empty")
-            if not storage.exists(uri):
-                raise ConfigError(f"data.{name}", f"{uri} does not exist (stage '{stage}' reads it)")
-    if {"score", "select"} & planned and not done(layout.stage_dir("select")):
-        try:
-            n_pool = (
-                known_inputs(cfg.data.pool, cfg) if cfg.data.pool and storage.exists(cfg.data.pool) else None
-            )
-        except ValueError as e:  # no inputs, mixed formats
-            raise ConfigError("data.pool", str(e)) from e
+            look(name, stage)
+    if {"score", "select"} & planned and not done(layout.stage_dir("select")) and cfg.data.pool:
+        plan = read_plan(layout.plan("pool"))
+        if plan is not None and plan.uri == cfg.data.pool and plan.settings == settings_of(cfg.data):
+            n_pool = plan.input_rows
+        elif storage.exists(cfg.data.pool):
+            n_pool = look("pool", "score").rows
+        else:
+            n_pool = None
         if n_pool is not None and cfg.select.budget > n_pool:
             raise ConfigError(
                 "select.budget", f"{cfg.select.budget} is larger than the pool ({n_pool} images)"
@@ -205,8 +212,9 @@ def run_pipeline(cfg: MakConfig) -> str:
 
 
 def describe_inputs(cfg: MakConfig, stages: tuple[str, ...]) -> list[str]:
-    """One line per input the ``stages`` read: its size and shards, from the planner (no image is read)."""
-    from mak_ray.data import plan_from_config
+    """One line per input the ``stages`` read: its size and shards, from a listing (no image is read, nothing
+    written)."""
+    from mak_ray.data.manifest import survey_input
 
     lines = []
     names = [
@@ -216,11 +224,11 @@ def describe_inputs(cfg: MakConfig, stages: tuple[str, ...]) -> list[str]:
     ]
     for name in names:
         uri = getattr(cfg.data, name)
-        shards = plan_from_config(uri, cfg.data)
-        rows = [s.known_rows for s in shards]
-        size = f"{sum(rows):,} images" if None not in rows else "images counted when read"
-        n = f"{len(shards):,} shard{'s' if len(shards) != 1 else ''}"
-        lines.append(f"data.{name}: {size} in {n} ({shards[0].kind}) at {uri}")
+        plan = survey_input(uri, cfg.data)
+        rows = plan.input_rows
+        size = f"{rows:,} images" if rows is not None else "images counted when read"
+        n = f"{plan.shards:,} shard{'s' if plan.shards != 1 else ''}"
+        lines.append(f"data.{name}: {size} in {n} ({plan.format}) at {uri}")
     return lines
 
 

@@ -15,10 +15,8 @@ What a unit that is not done will do when it runs:
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass, field, replace
 
-from mak_ray import storage
 from mak_ray.config import MakConfig
 from mak_ray.fingerprint import (
     PENDING,
@@ -261,18 +259,13 @@ def reasons(state: StageState) -> list[str]:
 def score_shards(cfg: MakConfig, layout: RunLayout, unit: UnitState) -> ShardCounts:
     """Scoring's shards from its markers and the planned shards of the pool (the planner lists the pool and, for
     Parquet, reads footers; no image is read). A unit that runs from the start keeps none of its shards."""
-    from mak_ray.data import plan_from_config
+    from mak_ray.data.manifest import survey_input
+    from mak_ray.score.engine import shard_delta
 
-    planned = {s.shard_id for s in plan_from_config(cfg.data.pool, cfg.data)} if cfg.data.pool else set()
-    markers_dir = layout.scores.markers_dir
-    finished = set()
-    if storage.exists(markers_dir):
-        finished = {
-            posixpath.basename(f)[: -len(".json")] for f in storage.list_files(markers_dir, (".json",))
-        }
+    delta = shard_delta(survey_input(cfg.data.pool, cfg.data), layout.scores)
     if unit.action == RUN:
-        return ShardCounts(0, len(planned), len(finished))
-    return ShardCounts(len(planned & finished), len(planned - finished), len(finished - planned))
+        return ShardCounts(0, delta["done"] + delta["to_add"], delta["done"] + delta["to_remove"])
+    return ShardCounts(delta["done"], delta["to_add"], delta["to_remove"])
 
 
 def describe(states: list[StageState], as_plan: bool = False) -> list[str]:

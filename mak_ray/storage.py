@@ -109,6 +109,22 @@ def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+@functools.lru_cache(maxsize=8)
+def _client(endpoint: str | None, region: str | None):
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": S3_RETRY_ATTEMPTS, "mode": "standard"}, max_pool_connections=32)
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+
+
+def s3_client():
+    """A boto3 S3 client for the current environment (cached per endpoint/region), for what pyarrow's
+    filesystem cannot do: listing a key range (``StartAfter``) one folder level at a time."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return _client(_endpoint(), region)
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
     """The S3 filesystem for the current environment (cached per endpoint/region)."""
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
@@ -169,6 +185,14 @@ def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
             continue
         out.append(_to_uri(uri, fi.path))
     return sorted(out)
+
+
+def list_dirs(uri: str) -> list[str]:
+    """Names of the folders (S3: common prefixes) directly under ``uri``; none when it does not exist."""
+    fs, path = filesystem(uri)
+    sel = pafs.FileSelector(path, recursive=False, allow_not_found=True)
+    infos = with_retries(uri, "list", lambda: fs.get_file_info(sel))
+    return sorted(posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.Directory)
 
 
 def read_bytes(uri: str) -> bytes:
@@ -251,10 +275,10 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
     return with_retries(uri, "read", lambda: pq.read_table(path, columns=columns, filesystem=fs))
 
 
-def write_parquet(table: pa.Table, uri: str) -> None:
+def write_parquet(table: pa.Table, uri: str, row_group_size: int | None = None) -> None:
     """Write a table to one Parquet object, atomically."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size)
     write_bytes(uri, buf.getvalue())
 
 

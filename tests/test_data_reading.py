@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from mak_ray.config import DataSection
-from mak_ray.data import DUPLICATE_ID, decode_image, plan_shards, read_shard
+from mak_ray.data import DUPLICATE_ID, decode_image, read_shard
+from tests.plans import plan, shards
 from tests.samples import bad_inputs, encode, good_image_bytes, png_header_only
 
 SIZE = 16
@@ -60,25 +61,30 @@ def test_pixel_limit_is_checked_from_the_header():
 
 def test_folder_plan_labels_ids_and_read_errors(tmp_path):
     rng = np.random.default_rng(0)
+    pool = tmp_path / "pool"
     for cls in ("a", "b"):
-        (tmp_path / cls).mkdir()
+        (pool / cls).mkdir(parents=True)
         for i in range(4):
-            (tmp_path / cls / f"{i}.png").write_bytes(good_image_bytes(rng))
-    (tmp_path / "notes.txt").write_text("not listed")
-    shards = plan_shards(str(tmp_path), "auto", files_per_shard=3)
-    assert [len(s.paths) for s in shards] == [3, 3, 2]
-    assert plan_shards(str(tmp_path), "auto", 3) == shards  # stable ids
-    os.remove(tmp_path / "b" / "3.png")  # deleted between listing and reading
-    got = [r for s in shards for r in rows(s)]
-    assert [r["id"] for r in got] == sorted(str(p) for p in tmp_path.glob("*/*.png")) + [
-        str(tmp_path / "b/3.png")
-    ]
+            (pool / cls / f"{i}.png").write_bytes(good_image_bytes(rng))
+    (pool / "notes.txt").write_text("not listed")
+    data = DataSection(files_per_shard=3)
+    got_shards = shards(str(pool), data)
+    assert sum(len(s.paths) for s in got_shards) == 8
+    assert all(len(s.paths) <= 4 * 3 for s in got_shards)
+    assert {s.shard_id for s in got_shards}.isdisjoint({""})
+    assert shards(str(pool), data) == got_shards  # stable ids
+    os.remove(pool / "b" / "3.png")  # deleted between listing and reading
+    got = [r for s in got_shards for r in rows(s)]
+    assert [r["id"] for r in got] == sorted(str(p) for p in pool.glob("*/*.png")) + [str(pool / "b/3.png")]
     assert [r["label"] for r in got] == ["a"] * 4 + ["b"] * 4
     assert got[-1]["error"] == "read_error:not_found"
     assert all(r["error"] is None for r in got[:-1])
     # the shard's row count rides on its last row only
-    last = rows(shards[0])
-    assert [r["shard_rows"] for r in last] == [0, 0, 3] and [r["row"] for r in last] == [0, 1, 2]
+    last = rows(got_shards[0])
+    n = len(got_shards[0].paths)
+    assert [r["shard_rows"] for r in last] == [0] * (n - 1) + [n] and [r["row"] for r in last] == list(
+        range(n)
+    )
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -97,16 +103,16 @@ def test_tar_shards_group_members_and_survive_bad_samples(tmp_path):
         _add(tar, "x/k1.jpg", good_image_bytes(rng, "JPEG"))  # key seen before: duplicate id
         _add(tar, "odd\udcff.png", good_image_bytes(rng))  # non-UTF-8 byte in the name
     (tmp_path / "s1.tar").write_bytes(b"this is not a tar archive" * 40)
-    shards = plan_shards(str(tmp_path), "auto")
-    assert [s.kind for s in shards] == ["tar", "tar"]
-    got = rows(shards[0]) + rows(shards[1])
+    got_shards = shards(str(tmp_path))
+    assert [s.kind for s in got_shards] == ["tar", "tar"]
+    got = rows(got_shards[0]) + rows(got_shards[1])
     t0 = str(tmp_path / "s0.tar")
     assert [(r["id"], r["label"], r["error"]) for r in got] == [
         (f"{t0}#x/k1", "3", None),
         (f"{t0}#x/k2", None, "corrupt"),
         (f"{t0}#x/k3", "1", "no_image"),
         (f"{t0}#x/k1", None, DUPLICATE_ID),
-        (f"{t0}#odd\\xff", None, None),
+        (f"{t0}#odd%FF", None, None),  # a byte that is not UTF-8, percent-encoded
         (str(tmp_path / "s1.tar"), None, "corrupt_tar"),
     ]
     for r in got:
@@ -128,8 +134,7 @@ def test_parquet_shards_columns_nulls_and_broken_files(tmp_path):
     )
     pq.write_table(pa.table({"id": ["z"], "pixels": [good[0]]}), tmp_path / "p1.parquet")
     (tmp_path / "p2.parquet").write_bytes(b"PAR1 but not really")
-    shards = plan_shards(str(tmp_path), "auto")
-    got = [r for s in shards for r in rows(s)]
+    got = [r for s in shards(str(tmp_path)) for r in rows(s)]
     p = str(tmp_path)
     assert [(r["id"], r["label"], r["error"]) for r in got] == [
         ("a", "x", None),
@@ -142,12 +147,14 @@ def test_parquet_shards_columns_nulls_and_broken_files(tmp_path):
 
 
 def test_mixed_tar_and_parquet_is_refused(tmp_path):
-    (tmp_path / "a.tar").write_bytes(b"")
-    (tmp_path / "b.parquet").write_bytes(b"")
-    with pytest.raises(ValueError, match="mixes"):
-        plan_shards(str(tmp_path))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.tar").write_bytes(b"")
+    (tmp_path / "in" / "b.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match="mixes Parquet files") as err:
+        plan(str(tmp_path / "in"))
+    assert "b.parquet" in str(err.value) and "a.tar" in str(err.value)  # names the files
     with pytest.raises(FileNotFoundError):
-        plan_shards(str(tmp_path / "missing"))
+        plan(str(tmp_path / "missing"))
 
 
 @pytest.mark.parametrize("shards_per_bucket", [8, 2])
@@ -164,15 +171,17 @@ def test_cross_shard_owners_match_a_direct_count(ray_session, tmp_path, monkeypa
         pq.write_table(pa.table({"id": ids, "image": [b"x"] * len(ids)}), tmp_path / f"p{k}.parquet")
     (tmp_path / "p7.parquet").write_bytes(b"PAR1 but not really")
     data = DataSection(format="parquet")
-    shards = plan_shards(str(tmp_path), "parquet")
-    owners = duplicates.cross_shard_owners(shards, data)
+    p = plan(str(tmp_path), data)
+    units = p.shard_table()
+    owners = duplicates.cross_shard_owners(units, p.part_uris, data)
     holders: dict[str, list[int]] = {}
     for k, ids in enumerate(files):
         for i in set(ids) - {None}:
             holders.setdefault(i, []).append(k)
-    want = {duplicates.id_digest(i): shards[min(ks)].shard_id for i, ks in holders.items() if len(ks) > 1}
+    sids = units.column("shard").to_pylist()
+    want = {duplicates.id_digest(i): sids[min(ks)] for i, ks in holders.items() if len(ks) > 1}
     assert owners == want and len(want) > 50
-    assert duplicates.cross_shard_owners(shards[:1], data) == {}  # one shard: nothing to check
+    assert duplicates.cross_shard_owners(units.slice(0, 1), p.part_uris, data) == {}  # one shard: nothing
 
 
 def test_big_parquet_files_are_cut_by_row_group(tmp_path):
@@ -193,18 +202,20 @@ def test_big_parquet_files_are_cut_by_row_group(tmp_path):
         pa.table({"id": [f"t{i}" for i in range(30)], "image": [b"x"] * 30}), tmp_path / "c.parquet"
     )
     (tmp_path / "d.parquet").write_bytes(b"PAR1 but not really")
-    shards = plan_shards(str(tmp_path), "parquet", parquet_rows_per_shard=16)
-    assert [(os.path.basename(s.paths[0]), s.row_groups) for s in shards] == [
+    got_shards = shards(str(tmp_path), DataSection(format="parquet", parquet_rows_per_shard=16))
+    assert [(os.path.basename(s.paths[0]), s.row_groups) for s in got_shards] == [
         ("a.parquet", [0, 1, 2]),  # 21 rows
         ("a.parquet", [3, 4, 5]),  # 19 rows
         ("b.parquet", None),  # 2 rows: no bigger than a shard
         ("c.parquet", None),  # one row group
         ("d.parquet", None),  # footer unreadable: the reader reports it
     ]
-    assert len({s.shard_id for s in shards}) == 5
-    assert [s.known_rows for s in shards] == [21, 19, 2, 30, None]  # from the footers: exact ETAs
+    assert len({s.shard_id for s in got_shards}) == 5
+    assert [s.known_rows for s in got_shards] == [21, 19, 2, 30, None]  # from the footers: exact ETAs
     data = DataSection(image_size=16)
-    got = [r for s in shards[:2] for b in read_shard(s, data) for r in b.select(["id", "error"]).to_pylist()]
+    got = [
+        r for s in got_shards[:2] for b in read_shard(s, data) for r in b.select(["id", "error"]).to_pylist()
+    ]
     want = [f"r{i}" if i != 30 else f"{tmp_path}/a.parquet#row=30" for i in range(40)]
     assert [r["id"] for r in got] == want
     assert [r["error"] for r in got if r["error"]] == ["missing_id"]

@@ -14,7 +14,7 @@ import pytest
 from mak_ray import pipeline, storage
 from mak_ray.cli import main as cli_main
 from mak_ray.config import MakConfig, load_config
-from mak_ray.data import plan_from_config
+from mak_ray.data.manifest import plan_for
 from mak_ray.fingerprint import InputDigests, read_record
 from mak_ray.layout import RunLayout, done, mark_done
 from mak_ray.registry import STAGE_SPECS, STAGES, TARGET_ONLY
@@ -55,23 +55,34 @@ class FakeStages:
         return run
 
     def _score(self, cfg: MakConfig, layout: RunLayout) -> dict:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from mak_ray.score import markers
+
         out = layout.scores
-        planned = {s.shard_id for s in plan_from_config(cfg.data.pool, cfg.data)}
-        have = (
-            {Path(f).stem for f in storage.list_files(out.markers_dir)}
-            if storage.exists(out.markers_dir)
-            else set()
-        )
-        for sid in have - planned:
-            storage.delete(out.marker(sid))
+        planned = _planned(cfg)
+        marked = markers.read_markers(out)
+        have = set(marked.column("shard").to_pylist())
+        if have - planned:
+            markers.rewrite(
+                out, marked.filter(pc.is_in(marked["shard"], value_set=pa.array(sorted(planned))))
+            )
+        writer = markers.MarkerWriter(out)
         for sid in sorted(planned - have):
             self.ran.append(f"score/shard={sid}")
-            storage.write_json(out.marker(sid), {"shard": sid})
+            writer.add(sid, 1, 1, {})
+        writer.flush()
         return {}
 
     def reset(self) -> list[str]:
         ran, self.ran = self.ran, []
         return ran
+
+
+def _planned(cfg: MakConfig) -> set[str]:
+    """The pool's planned shard ids (the planner's cut, whatever it is)."""
+    return set(plan_for(cfg, cfg.data.pool).shard_table().column("shard").to_pylist())
 
 
 def _png(path: Path, seed: int) -> None:
@@ -151,7 +162,8 @@ def test_a_rerun_with_nothing_changed_runs_nothing_and_status_says_done(run, cap
     assert code == 0, out
     for stage in STAGES:
         assert any(line.split()[:2] == [stage, DONE] for line in out.splitlines()), (stage, out)
-    assert "shards" in out and "3 done, 0 to add, 0 to remove" in out
+    n = len(_planned(config()))
+    assert "shards" in out and f"{n} done, 0 to add, 0 to remove" in out
 
 
 @pytest.mark.parametrize(
@@ -189,7 +201,7 @@ def test_a_config_change_reruns_its_stage_and_every_later_one(run, capsys, overr
     assert all(s not in ran for s in STAGES[:order])
     if first == "score":  # the target-only model is the pretrained one: its evaluation is current
         assert f"evaluate/{TARGET_ONLY}" not in ran
-        assert sum(k.startswith("score/shard=") for k in ran) == 3  # scored from the start
+        assert sum(k.startswith("score/shard=") for k in ran) == len(_planned(cfg))  # scored from the start
     else:
         assert f"evaluate/{TARGET_ONLY}" in ran
     pipeline.run_pipeline(cfg)
@@ -239,13 +251,16 @@ def test_a_grown_pool_keeps_the_finished_shards_and_reruns_what_reads_them(run, 
     layout = RunLayout(config().run.output_uri)
     markers = sorted(Path(layout.scores.markers_dir).iterdir())
     mtimes = {p.name: p.stat().st_mtime_ns for p in markers}
-    for i in range(3):  # a new sub-folder: one new shard of 3 files, after the others in the listing
+    before = _planned(config())
+    for i in range(3):  # a new sub-folder: its own new shards, the others untouched
         _png(data / "pool" / "zz-new" / f"n{i}.png", 500 + i)
     cfg = config()
+    new = _planned(cfg) - before
+    assert before < _planned(cfg) and new
     assert cli_main(["status", *_overrides(cfg)]) == 1
     out = capsys.readouterr().out
     assert "data.pool: the input changed" in out
-    assert "3 done, 1 to add, 0 to remove" in out
+    assert f"{len(before)} done, {len(new)} to add, 0 to remove" in out
     states = _states(cfg)
     assert states["score"].unit.action == "resume"
     assert states["pretrain"].status == DONE and states["embed_target"].status == DONE
@@ -253,7 +268,7 @@ def test_a_grown_pool_keeps_the_finished_shards_and_reruns_what_reads_them(run, 
     pipeline.run_pipeline(cfg)
     ran = fake.reset()
     assert "score" in ran
-    assert len([k for k in ran if k.startswith("score/shard=")]) == 1  # only the new shard was scored
+    assert sorted(k for k in ran if k.startswith("score/shard=")) == sorted(f"score/shard={s}" for s in new)
     assert all(k in ran for k in LATER)
     for p in markers:
         assert p.stat().st_mtime_ns == mtimes[p.name]  # finished shards were not redone
@@ -261,11 +276,14 @@ def test_a_grown_pool_keeps_the_finished_shards_and_reruns_what_reads_them(run, 
 
 def test_a_shrunk_pool_counts_the_shards_to_remove(run, capsys):
     _, config, data, _ = run
+    before = _planned(config())
     for p in sorted((data / "pool").glob("p*.png"))[-3:]:
         p.unlink()
     cfg = config()
+    after = _planned(cfg)
     assert cli_main(["status", *_overrides(cfg)]) == 1
-    assert "2 done, 0 to add, 1 to remove" in capsys.readouterr().out
+    counts = f"{len(after & before)} done, {len(after - before)} to add, {len(before - after)} to remove"
+    assert before - after and counts in capsys.readouterr().out
 
 
 def test_a_new_method_runs_only_its_own_parts(run):

@@ -329,16 +329,17 @@ def test_forbidden_object_is_a_failed_row_not_a_retry_loop(proxy: FaultProxy, s3
     import time
 
     from mak_ray.config import DataSection
-    from mak_ray.data import plan_shards, read_shard
+    from mak_ray.data import read_shard
+    from tests.plans import shards as plan_shards
     from tests.samples import good_image_bytes
 
     rng = np.random.default_rng(0)
     for name in ("a.png", "secret.png", "c.png"):
         storage.write_bytes(f"{s3_bucket}/pool/cls/{name}", good_image_bytes(rng))
     proxy.deny = ("/pool/cls/secret.png",)
-    shards = plan_shards(f"{s3_bucket}/pool", "auto", 10)
+    shards = plan_shards(f"{s3_bucket}/pool", DataSection(files_per_shard=10))
     t0 = time.monotonic()
-    rows = pa.concat_tables(list(read_shard(shards[0], DataSection(image_size=16))))
+    rows = pa.concat_tables([b for s in shards for b in read_shard(s, DataSection(image_size=16))])
     elapsed = time.monotonic() - t0
     errors = dict(zip(rows["id"].to_pylist(), rows["error"].to_pylist()))
     assert errors == {

@@ -272,6 +272,7 @@ def test_job_killed_mid_scoring_resumes_to_the_same_selection(tiny_run, tmp_path
     import time
     from pathlib import Path
 
+    from mak_ray.score.markers import read_markers
     from tests.rayprocs import stop_cluster
 
     cfg, _, _ = tiny_run
@@ -287,7 +288,6 @@ def test_job_killed_mid_scoring_resumes_to_the_same_selection(tiny_run, tmp_path
     env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_ADDRESS="")
     env.pop("RAY_ADDRESS")
     layout3 = RunLayout(cfg3.run.output_uri)
-    markers = Path(layout3.scores.markers_dir)
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobs.score", "--config", "configs/tiny.yaml", *overrides],
         env=env,
@@ -300,14 +300,14 @@ def test_job_killed_mid_scoring_resumes_to_the_same_selection(tiny_run, tmp_path
         # The bank is written just before the scoring stream starts: kill the whole job tree in that stream.
         seen = _wait_for(bank.exists, 300, 0.05)
         time.sleep(0.5)
-        n_markers = len(list(markers.iterdir())) if markers.exists() else 0
+        n_markers = read_markers(layout3.scores).num_rows  # finished shards
         os.killpg(proc.pid, 9)
     finally:
         proc.wait(timeout=30)
         stop_cluster(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert seen, "scoring never started before the time limit"
-    n_shards = len(list(Path(RunLayout(cfg.run.output_uri).scores.markers_dir).iterdir()))
+    n_shards = read_markers(RunLayout(cfg.run.output_uri).scores).num_rows
     assert n_markers < n_shards, "the job finished before it was killed; nothing was interrupted"
     assert not done(layout3.stage_dir("score"))
     run_stage("score", cfg3)

@@ -39,7 +39,7 @@ EXCLUDES = [
     "runs",
     "demo-data",
     "bench-out",
-    "data",
+    "/data",
     "**/__pycache__",
     ".pytest_cache",
     "*.egg-info",

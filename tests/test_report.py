@@ -111,7 +111,6 @@ def write_fake_run(run: str, *, with_eval: bool = True, with_timings: bool = Tru
                 cols[k] = pa.concat_arrays([cols[k], pa.array([None], pa.float32())])
             cols["embedding"] = pa.concat_arrays([cols["embedding"], pa.array([None], emb_type)])
         storage.write_parquet(pa.table(cols), layout.scores.part(sid, "part-0.parquet"))
-        storage.write_json(layout.scores.marker(sid), {"shard": sid})
     storage.write_json(layout.scores.summary, {"inputs": 101, "scored": 100, "failed": 1})
     # selections: mak = 1 OOD + 6 tail (c/d) + 3 head; random = 4 OOD + 1 tail + 5 head
     picks = {

@@ -26,10 +26,12 @@ from mak_ray.score import (
     iter_score_columns,
     load_embeddings,
     load_valid_embeddings,
+    markers,
 )
 from mak_ray.score import (
     score_pool as _score_pool,
 )
+from tests.plans import shards as plan_shards
 from tests.samples import bad_inputs, good_image_bytes
 
 
@@ -92,7 +94,7 @@ def make_cfg(pool: str, out: str, **score):
     s.update(score)
     return config_from_dict(
         {
-            "run": {"output_uri": out, "seed": 3},
+            "run": {"output_uri": out.rstrip("/") + "-run", "seed": 3},
             "data": {"pool": pool, "image_size": 16, "max_pixels": 1_000_000, "files_per_shard": 16},
             "score": s,
         }
@@ -127,8 +129,9 @@ def test_local_folder_scores_every_input_and_resumes(ray_session, pool_dir, mode
     assert len(set(t["id"].to_pylist())) == t.num_rows
     bank = np.load(ShardedOutput(out).file("bank.npy"))
     assert bank.shape == (3, 32, 16) and np.allclose(np.linalg.norm(bank, axis=2), 1, atol=1e-5)
-    markers = sorted(os.listdir(ShardedOutput(out).markers_dir))
-    assert len(markers) == summary["shards"] == -(-(N_GOOD + len(BAD)) // 16)
+    marked = markers.read_markers(ShardedOutput(out))
+    assert marked.num_rows == summary["shards"] == summary["shards_added"] > 1
+    assert (summary["shards_reused"], summary["shards_removed"]) == (0, 0)
 
     # streaming readers: only the asked columns, only the asked rows
     cols = pa.Table.from_batches(list(iter_score_columns(out, ["id", "ecle"], batch_rows=7)))
@@ -142,13 +145,14 @@ def test_local_folder_scores_every_input_and_resumes(ray_session, pool_dir, mode
         load_embeddings(out, [os.path.join(pool_dir, "bad", "zero.jpg")])
 
     # interrupted run: one shard lost its marker and holds a stray partial file
-    victim = markers[2][: -len(".json")]
-    os.remove(os.path.join(ShardedOutput(out).markers_dir, markers[2]))
     sh = ShardedOutput(out)
+    victim, victim_rows = marked.column("shard")[2].as_py(), marked.column("rows")[2].as_py()
+    markers.rewrite(sh, marked.filter(pc.not_equal(marked["shard"], victim)))
     part = sorted(os.listdir(sh.shard_dir(victim)))[0]
     shutil.copy(sh.part(victim, part), sh.part(victim, "part-stray.parquet"))
     again = score_pool(cfg, model_uri, centroids, out)
-    assert again["rows_this_run"] == 16
+    assert again["rows_this_run"] == victim_rows
+    assert (again["shards_reused"], again["shards_added"]) == (summary["shards"] - 1, 1)
     assert {k: again[k] for k in ("inputs", "scored", "failed", "failed_by_reason")} == {
         k: summary[k] for k in ("inputs", "scored", "failed", "failed_by_reason")
     }
@@ -192,10 +196,9 @@ def test_s3_prefix_with_a_deleted_object(ray_session, s3_bucket, pool_dir, model
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="pool/")["Contents"]]
     out = f"{s3_bucket}/run/score"
     cfg = make_cfg(f"{s3_bucket}/pool", out)
-    from mak_ray.data import plan_from_config
 
     # an object deleted between listing and reading is a failed row, not a crash
-    shards = plan_from_config(cfg.data.pool, cfg.data)
+    shards = plan_shards(cfg.data.pool, cfg.data)
     s3.delete_object(Bucket=bucket, Key="pool/class1/img001.jpg")
     from mak_ray.data import read_shard
 
@@ -289,7 +292,8 @@ def _write_parquet_pool(root, files: list[list[str]], rng) -> None:
 def test_parquet_ids_repeated_across_files_are_scored_once(ray_session, model_uri, centroids, tmp_path):
     """The first file (shard) holding an id keeps it; its rows in later files fail as duplicate_id, on
     every run, and the usable rows, embeddings and retraining rows hold each id once."""
-    from mak_ray.data import image_dataset, keep_rows, plan_from_config
+    from mak_ray.data import image_dataset, keep_rows
+    from tests.plans import plan
 
     files = [["a", "b", "c", "b"], ["c", "d", "a", "e"], ["f", "a", "d", "g"]]
     _write_parquet_pool(tmp_path / "pq", files, np.random.default_rng(2))
@@ -298,7 +302,9 @@ def test_parquet_ids_repeated_across_files_are_scored_once(ray_session, model_ur
     summary = score_pool(cfg, model_uri, centroids, out)
     # within file 0: the second "b"; across files: "c", "a" in file 1, "a", "d" in file 2
     check_accounting(summary, table(out), 12, collections.Counter({"duplicate_id": 5}))
-    shards = plan_from_config(str(tmp_path / "pq"), cfg.data)
+    p = plan(str(tmp_path / "pq"), cfg.data)
+    units = p.shard_table()
+    shards = plan_shards(str(tmp_path / "pq"), cfg.data)
     ok = table(out).filter(pc.is_null(table(out)["error"]))
     keeper = dict(zip(ok["id"].to_pylist(), ok["shard"].to_pylist()))
     assert sorted(ok["id"].to_pylist()) == list("abcdefg")  # each id once
@@ -310,13 +316,16 @@ def test_parquet_ids_repeated_across_files_are_scored_once(ray_session, model_ur
     assert load_embeddings(out, list("abcdefg")).shape == (7, 64)
 
     # a rerun of the unfinished shard fails the same rows (the owner map spans all planned shards)
-    storage.delete(ShardedOutput(out).marker(shards[2].shard_id))
+    marked = markers.read_markers(ShardedOutput(out))
+    markers.rewrite(ShardedOutput(out), marked.filter(pc.not_equal(marked["shard"], shards[2].shard_id)))
     again = score_pool(cfg, model_uri, centroids, out)
     assert again["rows_this_run"] == 4
     check_accounting(again, table(out), 12, collections.Counter({"duplicate_id": 5}))
 
     # retraining reads each selected id from the shard whose row was scored, even without the owner map
-    rows = keep_rows(image_dataset(shards, cfg.data), cfg.data, at={"a": first["a"], "d": first["d"]})
+    rows = keep_rows(
+        image_dataset(units, p.part_uris, cfg.data), cfg.data, at={"a": first["a"], "d": first["d"]}
+    )
     got = rows.to_pandas()
     assert sorted(zip(got["id"], got["shard"])) == [("a", first["a"]), ("d", first["d"])]
 

@@ -1,17 +1,22 @@
-"""Pool and target inputs: shard planning, byte reading and per-row decoding with error capture."""
+"""Pool and target inputs: the plan (a manifest made by parallel listing), byte reading and per-row decoding
+with error capture, duplicate ids."""
 
 from mak_ray.data.dataset import DUPLICATE_ID, image_dataset, keep_rows, read_shard
 from mak_ray.data.decode import decode_image
-from mak_ray.data.sources import Shard, detect_format, plan_from_config, plan_shards
+from mak_ray.data.manifest import Plan, input_digest, input_name, plan_input, read_plan
+from mak_ray.data.sources import Shard, load_shard
 
 __all__ = [
     "DUPLICATE_ID",
+    "Plan",
     "Shard",
     "decode_image",
-    "detect_format",
     "image_dataset",
+    "input_digest",
+    "input_name",
     "keep_rows",
-    "plan_from_config",
-    "plan_shards",
+    "load_shard",
+    "plan_input",
+    "read_plan",
     "read_shard",
 ]

@@ -1,7 +1,9 @@
 """Shards -> a Ray Dataset of decoded rows, one read task per shard, errors captured per row.
 
 ``ray.data.read_images`` aborts the whole job on one corrupt file, so bytes are read and decoded here, in
-``map_batches`` over a tiny dataset of shard descriptions. Each shard streams out in batches of rows:
+``map_batches`` over a dataset of shard-index rows (id, kind, manifest part, row range: a few dozen bytes
+each); each read task loads its shard's members from the manifest itself. Each shard streams out in batches
+of rows:
 
     id (str), image (uint8 [S, S, 3]; zeros when the row failed), label (str | None),
     error (str | None), shard (str), row (int64: position within the shard),
@@ -18,7 +20,6 @@ names the shard that keeps each id held by several, and rows of that id in any o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,7 +31,7 @@ from mak_ray.config import DataSection
 from mak_ray.data.decode import decode_image
 from mak_ray.data.duplicates import id_digest
 from mak_ray.data.readers import Record, iter_records
-from mak_ray.data.sources import Shard
+from mak_ray.data.sources import UNIT_COLUMNS, Shard, load_shard
 
 OUTPUT_BATCH_BYTES = (
     32 * 1024 * 1024
@@ -139,21 +140,35 @@ def read_shard(
             first_row = row
 
 
-def _read_shards(
-    batch: dict[str, np.ndarray], data: dict, batch_rows: int | None, owners: dict[bytes, str] | None
+def _read_units(
+    batch: pa.Table,
+    parts: list[str],
+    data: dict,
+    batch_rows: int | None,
+    owners: dict[bytes, str] | None,
 ) -> Iterator[pa.Table]:
     section = DataSection(**data)
-    for text in batch["shard"]:
-        yield from read_shard(Shard.from_dict(json.loads(str(text))), section, batch_rows, owners)
+    for unit in batch.to_pylist():
+        yield from read_shard(load_shard(unit, parts), section, batch_rows, owners)
+
+
+def _blocks(units: pa.Table) -> list[pa.Table]:
+    """The shard index cut into read blocks: one shard each, or consecutive runs when there are more shards
+    than ``MAX_READ_BLOCKS``."""
+    n = units.num_rows
+    bounds = np.linspace(0, n, min(n, MAX_READ_BLOCKS) + 1).astype(int)
+    return [units.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 def image_dataset(
-    shards: list[Shard],
+    units: pa.Table,
+    parts: list[str],
     data: DataSection,
     batch_rows: int | None = None,
     owners: dict[bytes, str] | None = None,
 ):
-    """A lazy Ray Dataset of decoded rows over ``shards``; nothing is read until it is consumed.
+    """A lazy Ray Dataset of decoded rows over the shards of ``units`` (shard-index rows: ``UNIT_COLUMNS``,
+    ``part`` indexing ``parts``); nothing is read until it is consumed.
 
     ``batch_rows``: rows per table the read yields (default 256, fewer for large images). Ray joins a read
     task's tables into blocks of up to ``DataContext.target_max_block_size``, so a consumer that wants
@@ -167,12 +182,20 @@ def image_dataset(
 
     import ray
 
-    items = [{"shard": json.dumps(s.to_dict())} for s in shards]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_READ_BLOCKS)))
+    units = units.select(list(UNIT_COLUMNS))
+    if units.num_rows == 0:
+        raise ValueError("no shards to read")
+    ds = ray.data.from_arrow(_blocks(units))
     return ds.map_batches(
-        _read_shards,
+        _read_units,
         batch_size=1,
-        fn_kwargs={"data": dataclasses.asdict(data), "batch_rows": batch_rows, "owners": owners or None},
+        batch_format="pyarrow",
+        fn_kwargs={
+            "parts": list(parts),
+            "data": dataclasses.asdict(data),
+            "batch_rows": batch_rows,
+            "owners": owners or None,
+        },
         num_cpus=data.read_cpus,
     )
 

@@ -21,10 +21,12 @@ import logging
 import time
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mak_ray.config import DataSection
 from mak_ray.data.readers import iter_parquet_ids
-from mak_ray.data.sources import Shard
+from mak_ray.data.sources import UNIT_COLUMNS, load_shard
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,10 @@ def _as_pairs(digests: list[bytes]) -> np.ndarray:
     return np.frombuffer(b"".join(digests), dtype=np.uint64).reshape(-1, 2)
 
 
-def _shard_buckets(shard: dict, data: dict, buckets: int) -> list[np.ndarray] | np.ndarray:
+def _shard_buckets(unit: dict, parts: list[str], data: dict, buckets: int) -> list[np.ndarray] | np.ndarray:
     """The distinct id hashes of one shard, split into ``buckets`` by the hash's low word (one Ray return
     each; a single bucket is returned bare, as Ray passes one return through whole)."""
-    s, d = Shard.from_dict(shard), DataSection(**data)
+    s, d = load_shard(unit, parts), DataSection(**data)
     seen = {id_digest(rid) for path in s.paths for rid in iter_parquet_ids(path, d, s.row_groups)}
     pairs = _as_pairs(list(seen)) if seen else np.zeros((0, 2), np.uint64)  # the reducer sorts
     which = pairs[:, 1] % np.uint64(buckets)
@@ -71,14 +73,16 @@ def _repeated(*parts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pairs[rep], shard[rep]
 
 
-def cross_shard_owners(shards: list[Shard], data: DataSection) -> dict[bytes, str]:
-    """``{id_digest: shard_id of the first shard holding it}`` for ids held by more than one Parquet shard.
+def cross_shard_owners(units: pa.Table, parts: list[str], data: DataSection) -> dict[bytes, str]:
+    """``{id_digest: shard id of the first shard holding it}`` for ids held by more than one Parquet shard of
+    ``units`` (the shard index, in plan order).
 
     Empty (and nothing is read) unless there are at least two Parquet shards.
     """
-    parquet = [s for s in shards if s.kind == "parquet"]
-    if len(parquet) < 2:
+    table = units.filter(pc.equal(units["kind"], "parquet")).select(list(UNIT_COLUMNS))
+    if table.num_rows < 2:
         return {}
+    parquet = table.to_pylist()
     import ray
 
     t0 = time.perf_counter()
@@ -86,16 +90,17 @@ def cross_shard_owners(shards: list[Shard], data: DataSection) -> dict[bytes, st
     mapper = ray.remote(_shard_buckets).options(num_cpus=data.read_cpus, num_returns=buckets)
     reducer = ray.remote(_repeated).options(num_cpus=data.read_cpus, num_returns=2)
     data_dict = dataclasses.asdict(data)
-    parts = [mapper.remote(s.to_dict(), data_dict, buckets) for s in parquet]
+    parts_ref = ray.put(list(parts))
+    mapped = [mapper.remote(u, parts_ref, data_dict, buckets) for u in parquet]
     if buckets == 1:
-        parts = [[p] for p in parts]
-    found = [reducer.remote(*[p[b] for p in parts]) for b in range(buckets)]
+        mapped = [[p] for p in mapped]
+    found = [reducer.remote(*[p[b] for p in mapped]) for b in range(buckets)]
     owners: dict[bytes, str] = {}
     results = ray.get([r for pair in found for r in pair])
     for pairs, first in zip(results[0::2], results[1::2]):
         raw = pairs.tobytes()
         for k, i in enumerate(first):
-            owners[raw[16 * k : 16 * (k + 1)]] = parquet[int(i)].shard_id
+            owners[raw[16 * k : 16 * (k + 1)]] = parquet[int(i)]["shard"]
     log.info(
         "%d ids appear in more than one of %d Parquet shards (checked in %.1f s); "
         "the first shard keeps each, later rows fail with duplicate_id",

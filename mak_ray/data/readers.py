@@ -1,10 +1,12 @@
 """Raw records (id, bytes, label, error) from one shard, never raising for a bad object.
 
-Every storage access goes through :mod:`mak_ray.storage` (pyarrow filesystems, S3 retries with backoff).
-A per-object failure (403, an object deleted between listing and reading) becomes a record with
-``error = "read_error:<short reason>"``; a tar or Parquet file that cannot be opened becomes one record whose
-id is the file's URI. Ids come from pool data, so they are made valid UTF-8 (undecodable bytes escaped as
-``\\xNN``, which keeps distinct keys distinct) and are never used to build a path.
+Objects are opened by id (:mod:`mak_ray.data.names`): a local file by its exact path bytes, an S3 object
+through :mod:`mak_ray.storage` (pyarrow filesystems, S3 retries with backoff). A per-object failure (403, an
+object deleted between listing and reading) becomes a record with ``error = "read_error:<short reason>"``; a
+failure found while listing (a broken link) is a record with that error, and the object is not opened; a
+tar or Parquet file that cannot be opened becomes one record whose id is the file's id. Tar member names
+are percent-encoded like file names; Parquet ids come from the data and are kept as they are (valid UTF-8
+text). Ids are never used to build a path.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import pyarrow.parquet as pq
 
 from mak_ray import storage
 from mak_ray.config import DataSection
-from mak_ray.data.sources import IMAGE_SUFFIXES, Shard
+from mak_ray.data import names
+from mak_ray.data.names import IMAGE_SUFFIXES, SkipRules
+from mak_ray.data.sources import Shard
 
 log = logging.getLogger(__name__)
 
@@ -54,34 +58,71 @@ def read_error(exc: BaseException) -> str:
     return f"read_error:{short}"
 
 
+def open_object(rid: str, stream: bool = False):
+    """A binary file object of the object with id ``rid`` (see :mod:`mak_ray.data.names`); seekable unless
+    ``stream`` (one sequential GET on S3)."""
+    is_s3, path = names.id_to_path(rid)
+    if not is_s3:
+        return open(path, "rb")
+    uri = "s3://" + path.decode("utf-8")
+    fs, p = storage.filesystem(uri)
+    return storage.with_retries(
+        uri, "open", lambda: fs.open_input_stream(p) if stream else fs.open_input_file(p)
+    )
+
+
 def iter_records(shard: Shard, data: DataSection) -> Iterator[Record]:
     if shard.kind == "files":
         yield from _iter_files(shard)
-    elif shard.kind == "tar":
-        for path in shard.paths:
-            yield from _iter_tar(path)
-    elif shard.kind == "parquet":
-        for path in shard.paths:
-            yield from _iter_parquet(path, data, shard.row_groups)
-    else:
+        return
+    if shard.kind not in ("tar", "parquet"):
         raise ValueError(f"unknown shard kind {shard.kind!r}")
+    errors = shard.errors or [None] * len(shard.paths)
+    for rid, err in zip(shard.paths, errors):
+        if err:
+            yield Record(rid, None, None, err)
+        elif shard.kind == "tar":
+            yield from iter_tar(rid, SkipRules(data.skip))
+        else:
+            yield from _iter_parquet(rid, data, shard.row_groups)
 
 
-def _fetch(uri: str) -> tuple[bytes | None, str | None]:
+def read_object(rid: str) -> bytes:
+    """The whole object with id ``rid`` (S3: retried like every storage read)."""
+    is_s3, path = names.id_to_path(rid)
+    if is_s3:
+        return storage.read_bytes("s3://" + path.decode("utf-8"))
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def fetch(rid: str) -> tuple[bytes | None, str | None]:
+    """``(bytes, None)`` or ``(None, read_error:<reason>)``: one unreadable object is one failed row."""
     try:
-        return storage.read_bytes(uri), None
-    except Exception as exc:  # noqa: BLE001 - one unreadable object is one failed row
+        return read_object(rid), None
+    except Exception as exc:  # noqa: BLE001
         return None, read_error(exc)
+
+
+def fetch_many(rids: list[str]) -> Iterator[tuple[bytes | None, str | None]]:
+    """:func:`fetch` of each id, in order, overlapped on threads (object-store latency, not bandwidth, bounds
+    small reads); chunks bound how many bytes are held at once."""
+    with cf.ThreadPoolExecutor(max_workers=min(FETCH_THREADS, max(1, len(rids)))) as pool:
+        for start in range(0, len(rids), 4 * FETCH_THREADS):
+            yield from pool.map(fetch, rids[start : start + 4 * FETCH_THREADS])
 
 
 def _iter_files(shard: Shard) -> Iterator[Record]:
     labels = shard.labels or [None] * len(shard.paths)
-    with cf.ThreadPoolExecutor(max_workers=min(FETCH_THREADS, max(1, len(shard.paths)))) as pool:
-        # map() keeps order and runs ahead of the consumer; chunks bound how many bytes are held at once
-        for start in range(0, len(shard.paths), 4 * FETCH_THREADS):
-            chunk = shard.paths[start : start + 4 * FETCH_THREADS]
-            for uri, label, (data, err) in zip(chunk, labels[start:], pool.map(_fetch, chunk)):
-                yield Record(safe_text(uri), data, label, err)
+    errors = shard.errors or [None] * len(shard.paths)
+    todo = [rid for rid, err in zip(shard.paths, errors) if not err]
+    fetched = fetch_many(todo)
+    for rid, label, err in zip(shard.paths, labels, errors):
+        if err:
+            yield Record(rid, None, label, err)
+        else:
+            data, read_err = next(fetched)
+            yield Record(rid, data, label, read_err)
 
 
 def _split_key(name: str) -> tuple[str, str]:
@@ -91,8 +132,8 @@ def _split_key(name: str) -> tuple[str, str]:
     return posixpath.join(d, stem) if d else stem, ext.lower()
 
 
-def _sample_record(tar_uri: str, key: str, members: dict[str, bytes]) -> Record:
-    rid = f"{tar_uri}#{safe_text(key)}"
+def _sample_record(tar_id: str, key: str, members: dict[str, bytes]) -> Record:
+    rid = names.member_id(tar_id, key.encode("utf-8", "surrogateescape"))
     image = next((members[e] for e in members if "." + e.rsplit(".", 1)[-1] in IMAGE_SUFFIXES), None)
     label = None
     for ext in ("cls", "label", "txt"):
@@ -104,13 +145,13 @@ def _sample_record(tar_uri: str, key: str, members: dict[str, bytes]) -> Record:
     return Record(rid, image, label, None)
 
 
-def _iter_tar(uri: str) -> Iterator[Record]:
-    """Stream a tar sequentially (no seeks: one GET on S3), grouping consecutive members by key."""
-    fs, path = storage.filesystem(uri)
+def iter_tar(uri: str, skip: SkipRules) -> Iterator[Record]:
+    """Stream a tar sequentially (no seeks: one GET on S3), grouping consecutive members by key; members whose
+    name ``data.skip`` matches (any path component) are left out."""
     try:
-        stream = fs.open_input_stream(path)
+        stream = open_object(uri, stream=True)
     except Exception as exc:  # noqa: BLE001
-        yield Record(safe_text(uri), None, None, read_error(exc))
+        yield Record(uri, None, None, read_error(exc))
         return
     key: str | None = None
     members: dict[str, bytes] = {}
@@ -124,7 +165,7 @@ def _iter_tar(uri: str) -> Iterator[Record]:
                 if not info.isfile():
                     continue
                 k, ext = _split_key(info.name)
-                if posixpath.basename(k).startswith((".", "_")) or not ext:
+                if not ext or skip.path_reason(info.name.encode("utf-8", "surrogateescape")):
                     continue
                 if k != key and key is not None:
                     yield _sample_record(uri, key, members)
@@ -139,15 +180,15 @@ def _iter_tar(uri: str) -> Iterator[Record]:
     except Exception as exc:  # noqa: BLE001 - an unreadable or truncated tar: one failed row for the file
         reason = "corrupt_tar" if isinstance(exc, tarfile.TarError) else read_error(exc)
         if n == 0 and key is None:
-            yield Record(safe_text(uri), None, None, reason)
+            yield Record(uri, None, None, reason)
         else:
             log.warning(
                 "%s: tar stream failed after %d samples (%s); the rest of the file is lost", uri, n, reason
             )
-            yield Record(f"{safe_text(uri)}#<after {n} samples>", None, None, reason)
+            yield Record(f"{uri}#%3Cafter%20{n}%20samples%3E", None, None, reason)
 
 
-def _image_bytes(value: object) -> bytes | None:
+def image_bytes(value: object) -> bytes | None:
     """Binary cell, or a ``{"bytes": ...}`` struct (Hugging Face ``Image`` feature)."""
     if isinstance(value, dict):
         value = value.get("bytes")
@@ -172,8 +213,7 @@ def iter_parquet_ids(uri: str, data: DataSection, row_groups: list[int] | None =
     """The ids of one Parquet file (or of its ``row_groups``), reading only the id column; a file that cannot
     be read yields what it could (the image reader reports the failure as a row)."""
     try:
-        fs, path = storage.filesystem(uri)
-        with fs.open_input_file(path) as f:
+        with open_object(uri) as f:
             pf = pq.ParquetFile(f)
             if data.id_column not in pf.schema_arrow.names:
                 return
@@ -192,28 +232,25 @@ def _open_failure(exc: Exception) -> str:
 
 def _iter_parquet(uri: str, data: DataSection, row_groups: list[int] | None = None) -> Iterator[Record]:
     """The file's rows; its handle is closed when they are all read or the reader stops early."""
-    fs, path = storage.filesystem(uri)
     try:
-        f = fs.open_input_file(path)
+        f = open_object(uri)
     except Exception as exc:  # noqa: BLE001
-        yield Record(safe_text(uri), None, None, _open_failure(exc))
+        yield Record(uri, None, None, _open_failure(exc))
         return
     with f:
         yield from _parquet_rows(uri, f, data, row_groups)
 
 
-def _parquet_rows(
-    uri: str, f: pa.NativeFile, data: DataSection, row_groups: list[int] | None
-) -> Iterator[Record]:
+def _parquet_rows(uri: str, f, data: DataSection, row_groups: list[int] | None) -> Iterator[Record]:
     try:
         pf = pq.ParquetFile(f)
         names = set(pf.schema_arrow.names)
     except Exception as exc:  # noqa: BLE001
-        yield Record(safe_text(uri), None, None, _open_failure(exc))
+        yield Record(uri, None, None, _open_failure(exc))
         return
     for col in (data.id_column, data.image_column):
         if col not in names:
-            yield Record(safe_text(uri), None, None, f"missing_column:{col}")
+            yield Record(uri, None, None, f"missing_column:{col}")
             return
     columns = [data.id_column, data.image_column] + (
         [data.label_column] if data.label_column in names else []
@@ -229,12 +266,12 @@ def _parquet_rows(
                 label = None if label is None else safe_text(str(label))
                 rid = parquet_row_id(rid)
                 if rid is None:
-                    yield Record(f"{safe_text(uri)}#row={row}", None, label, "missing_id")
+                    yield Record(f"{uri}#row={row}", None, label, "missing_id")
                 else:
-                    b = _image_bytes(img)
+                    b = image_bytes(img)
                     yield Record(rid, b, label, None if b is not None else "missing_image")
                 row += 1
     except Exception as exc:  # noqa: BLE001
         reason = "corrupt_parquet" if isinstance(exc, (pa.ArrowInvalid, OSError)) else read_error(exc)
         log.warning("%s: Parquet read failed after %d rows (%s)", uri, row, reason)
-        yield Record(f"{safe_text(uri)}#<after {row} rows>", None, None, reason)
+        yield Record(f"{uri}#%3Cafter%20{row}%20rows%3E", None, None, reason)

@@ -3,6 +3,10 @@
 Every reader returns ``None`` (and notes what is missing) instead of raising, so a run that stopped after
 scoring still gets a report saying which parts are absent. Labels are read only here, for reporting.
 
+The pool is never loaded: one streamed pass over its small columns gives the counts (scored, failed, per
+label), a seeded uniform sample of at most ``SCATTER_ROWS`` rows for the scatter plot, and the label, ECLE and
+proximity of each selected id; memory is set by the batch, the sample and the selections, not by the pool.
+
 Definitions used in the report:
 
 - **OOD share** of a selection: picks whose pool label starts with ``ood`` / all picks.
@@ -21,6 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import yaml
 
 from mak_ray import storage
@@ -34,6 +39,8 @@ UNLABELED = "(unlabeled)"
 MODEL_ORDER = (TARGET_ONLY, *METHODS)
 SETTING_KEYS = {"full": ("full", "linear"), "few_shot": ("few_shot", "fewshot", "few-shot")}
 ACC_COLUMNS = ("overall", "many", "medium", "few", "group_std", "class_std")
+SCATTER_ROWS = 20_000
+SAMPLE_SEED = 0
 
 
 def is_ood(label: str | None) -> bool:
@@ -58,14 +65,24 @@ class ReportedSelection:
 
 
 @dataclass
+class PoolSummary:
+    """The scored pool as streamed aggregates, and a seeded sample of its scored rows."""
+
+    scored: int
+    failed: int
+    labelled: int  # scored rows with a label
+    class_counts: dict[str, int]  # per label of the scored rows (UNLABELED for none)
+    sample: pa.Table  # label, ecle, proximity of at most SCATTER_ROWS scored rows, a seeded uniform sample
+
+
+@dataclass
 class RunData:
     run_uri: str
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     config: dict[str, Any] | None = None
     target_counts: dict[str, int] | None = None
-    pool: pa.Table | None = None  # id, label, ecle, proximity of the scored (error-free) rows
-    pool_failed: int = 0
+    pool: PoolSummary | None = None
     selections: dict[str, ReportedSelection] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     timings: dict[str, float] | None = None
@@ -131,26 +148,71 @@ def _read_target(data: RunData) -> None:
         data.note_missing("target labels (embed/target Parquet)", uri, e)
 
 
-def _read_pool(data: RunData) -> None:
+_SAMPLE_SCHEMA = pa.schema([("label", pa.string()), ("ecle", pa.float32()), ("proximity", pa.float32())])
+
+
+class _Sample:
+    """A seeded uniform sample of at most ``k`` rows of a stream: the rows of the ``k`` smallest random keys."""
+
+    def __init__(self, k: int, seed: int) -> None:
+        self.k, self.rng = k, np.random.default_rng(seed)
+        self.rows = _SAMPLE_SCHEMA.empty_table()
+        self.keys = np.zeros(0)
+
+    def add(self, rows: pa.Table) -> None:
+        keys = self.rng.random(rows.num_rows)
+        table = pa.concat_tables([self.rows, rows.cast(_SAMPLE_SCHEMA)])
+        keys = np.concatenate([self.keys, keys])
+        if len(keys) > self.k:
+            keep = np.sort(np.argpartition(keys, self.k - 1)[: self.k])
+            table, keys = table.take(pa.array(keep)), keys[keep]
+        self.rows, self.keys = table, keys
+
+
+def _stream_pool(data: RunData, picked: set[str]) -> dict[str, tuple[str | None, float, float]]:
+    """One pass over the pool's small columns: fills ``data.pool`` and returns the label, ECLE and proximity
+    of each scored id in ``picked``."""
+    from mak_ray.score import iter_score_columns, part_files
+
     uri = RunLayout(data.run_uri).scores.root
+    found: dict[str, tuple[str | None, float, float]] = {}
     try:
-        cols = ["id", "label", "ecle", "proximity", "error"]
-        table = _read_table(uri, cols, ["id", "ecle", "proximity"])
-        table, data.pool_failed = _ok_rows(table)
-        if "label" not in table.column_names:
-            table = table.append_column("label", pa.nulls(table.num_rows, pa.string()))
-        data.pool = table.select(["id", "label", "ecle", "proximity"]).cast(
-            pa.schema(
-                [
-                    ("id", pa.string()),
-                    ("label", pa.string()),
-                    ("ecle", pa.float32()),
-                    ("proximity", pa.float32()),
-                ]
-            )
-        )
+        files = part_files(uri) if storage.exists(uri) else []
+        if not files:
+            raise FileNotFoundError(uri)
+        fs, path = storage.filesystem(files[0])
+        names = set(pq.read_schema(path, filesystem=fs).names)
+        missing = [c for c in ("id", "ecle", "proximity") if c not in names]
+        if missing:
+            raise KeyError(f"{uri} lacks column(s) {missing}")
+        cols = [c for c in ("id", "label", "ecle", "proximity", "error") if c in names]
+        counts: dict[str, int] = {}
+        scored = failed = labelled = 0
+        sample = _Sample(SCATTER_ROWS, SAMPLE_SEED)
+        wanted = pa.array(sorted(picked), pa.string())
+        for batch in iter_score_columns(uri, cols):
+            t = pa.Table.from_batches([batch])
+            if "error" in cols:
+                ok = pc.is_null(t.column("error"))
+                failed += t.num_rows - int(pc.sum(ok.cast(pa.int64())).as_py() or 0)
+                t = t.filter(ok)
+            if "label" not in cols:
+                t = t.append_column("label", pa.nulls(t.num_rows, pa.string()))
+            scored += t.num_rows
+            labelled += t.num_rows - t.column("label").null_count
+            for k, v in label_counts(t.column("label")).items():
+                counts[k] = counts.get(k, 0) + v
+            sample.add(t.select(["label", "ecle", "proximity"]))
+            if len(wanted):
+                hit = t.filter(pc.is_in(t.column("id"), value_set=wanted))
+                for i, lab, e, p in zip(
+                    *(hit.column(c).to_pylist() for c in ("id", "label", "ecle", "proximity"))
+                ):
+                    found.setdefault(i, (lab, e, p))
+        data.pool = PoolSummary(scored, failed, labelled, counts, sample.rows)
     except Exception as e:
         data.note_missing("pool scores (score/ Parquet)", uri, e)
+    return found
 
 
 def _read_selections(data: RunData) -> None:
@@ -158,32 +220,27 @@ def _read_selections(data: RunData) -> None:
     found = {m: layout.selection(m) for m in METHODS if storage.exists(layout.selection(m).parquet)}
     if not found:
         data.note_missing("selections (select/<method>/selection.parquet)", layout.stage_dir("select"))
+        _stream_pool(data, set())
         return
-    pool_lookup = data.pool.select(["id", "label", "ecle", "proximity"]) if data.pool is not None else None
+    tables: dict[str, pa.Table] = {}
     for method, out in found.items():
-        uri = out.parquet
         try:
-            sel = storage.read_parquet(uri)
+            sel = storage.read_parquet(out.parquet)
             if "id" not in sel.column_names:
                 raise KeyError("no 'id' column")
-            if "order" in sel.column_names:
-                sel = sel.sort_by("order")
+            tables[method] = sel.sort_by("order") if "order" in sel.column_names else sel
+        except Exception as e:
+            data.note_missing(f"selection of {method}", out.parquet, e)
+    picked = {str(i) for t in tables.values() for i in t.column("id").to_pylist()}
+    lookup = _stream_pool(data, picked)
+    for method, sel in tables.items():
+        out = found[method]
+        try:
             ids = [str(v) for v in sel.column("id").to_pylist()]
-            labels: list[str | None] = [None] * len(ids)
-            ecle = np.full(len(ids), np.nan, dtype=np.float32)
-            prox = np.full(len(ids), np.nan, dtype=np.float32)
-            if pool_lookup is not None:
-                picks = pa.table({"id": pa.array(ids, pa.string()), "_pos": pa.array(np.arange(len(ids)))})
-                joined = picks.join(pool_lookup, keys="id", join_type="left outer").sort_by("_pos")
-                if joined.num_rows != len(ids):  # duplicate pool ids: keep the first row of each
-                    _, first = np.unique(
-                        pool_lookup.column("id").to_numpy(zero_copy_only=False), return_index=True
-                    )
-                    joined = picks.join(pool_lookup.take(np.sort(first)), keys="id", join_type="left outer")
-                    joined = joined.sort_by("_pos")
-                labels = joined.column("label").to_pylist()
-                ecle = joined.column("ecle").to_numpy(zero_copy_only=False).astype(np.float32)
-                prox = joined.column("proximity").to_numpy(zero_copy_only=False).astype(np.float32)
+            hit = [lookup.get(i) for i in ids]
+            labels = [h[0] if h else None for h in hit]
+            ecle = np.array([h[1] if h and h[1] is not None else np.nan for h in hit], dtype=np.float32)
+            prox = np.array([h[2] if h and h[2] is not None else np.nan for h in hit], dtype=np.float32)
             for col, arr in (("ecle", ecle), ("proximity", prox)):  # fall back to the selection's own values
                 if col in sel.column_names and np.isnan(arr).any():
                     own = sel.column(col).to_numpy(zero_copy_only=False).astype(np.float32)
@@ -191,7 +248,7 @@ def _read_selections(data: RunData) -> None:
             summary = storage.read_json(out.summary) if storage.exists(out.summary) else {}
             data.selections[method] = ReportedSelection(method, ids, labels, ecle, prox, summary)
         except Exception as e:
-            data.note_missing(f"selection of {method}", uri, e)
+            data.note_missing(f"selection of {method}", out.parquet, e)
 
 
 def _read_metrics(data: RunData) -> None:
@@ -269,8 +326,7 @@ def collect(run_uri: str) -> RunData:
     except Exception as e:
         data.note_missing("config", cfg_uri, e)
     _read_target(data)
-    _read_pool(data)
-    _read_selections(data)
+    _read_selections(data)  # and the pool, in one streamed pass
     _read_metrics(data)
     timings = _try_json(data, "stage timings", layout.timings)
     if isinstance(timings, dict):

@@ -50,10 +50,11 @@ def make_figures(data: RunData, numbers: dict[str, Any]) -> dict[str, bytes]:
         figs["tail_share.png"] = plots.share_bars(
             tail, "Share of tail-class images per selection", "tail share (%)", pool.get("tail_share"), "pool"
         )
-    if data.pool is not None and data.pool.num_rows:
-        prox = data.pool.column("proximity").to_numpy(zero_copy_only=False).astype(np.float32)
-        ecle = data.pool.column("ecle").to_numpy(zero_copy_only=False).astype(np.float32)
-        ood_mask = pool_ood_mask(data.pool.column("label"))
+    if data.pool is not None and data.pool.sample.num_rows:
+        sample = data.pool.sample  # a seeded sample of at most collect.SCATTER_ROWS scored rows
+        prox = sample.column("proximity").to_numpy(zero_copy_only=False).astype(np.float32)
+        ecle = sample.column("ecle").to_numpy(zero_copy_only=False).astype(np.float32)
+        ood_mask = pool_ood_mask(sample.column("label"))
         picks = {}
         for m, sel in data.selections.items():
             ok = np.isfinite(sel.ecle) & np.isfinite(sel.proximity)

@@ -13,7 +13,6 @@ from mak_ray.report.collect import (
     RunData,
     accuracy_row,
     is_ood,
-    label_counts,
     ordered,
     tail_classes,
 )
@@ -47,14 +46,15 @@ def compute_numbers(data: RunData) -> dict[str, Any]:
         "ood_rule": "label starts with 'ood'",
     }
     if data.pool is not None:
-        counts = label_counts(data.pool.column("label"))  # vectorised: pools can hold millions of rows
-        n = data.pool.num_rows
-        labelled = n - data.pool.column("label").null_count
+        counts = data.pool.class_counts  # streamed aggregates: the pool is never loaded
+        n = data.pool.scored
+        labelled = data.pool.labelled
         n_ood = sum(c for k, c in counts.items() if is_ood(k))
         n_tail = sum(c for k, c in counts.items() if k in tail_set)
         out["pool"] = {
             "scored": n,
-            "failed": data.pool_failed,
+            "failed": data.pool.failed,
+            "scatter_sample": data.pool.sample.num_rows,
             "class_counts": dict(sorted(counts.items())),
             "ood": n_ood,
             "ood_share": _share(n_ood, labelled),

@@ -1,9 +1,11 @@
 """The resumable shard-level engine behind ``score_pool`` and ``embed_images``.
 
-Flow: plan shards -> skip shards with a marker -> read + decode -> score + write (actor pool, model loaded
-once per actor; each call's rows grouped by shard into ``shard=<sid>/part-*.parquet``, see
-:mod:`mak_ray.score.parts`) -> the driver consumes only small per-file records, adds them up per shard and
-writes ``_markers/<sid>.json`` once a shard's rows are all written.
+Flow: plan the input (:func:`mak_ray.data.plan_input`: a manifest made by parallel listing tasks, reused when
+the input is unchanged) -> keep the shards already finished with the same params -> read + decode ->
+score + write (actor pool, model loaded once per actor; each call's rows grouped by shard into
+``shard=<sid>/part-*.parquet``, see :mod:`mak_ray.score.parts`) -> the driver consumes only small per-file
+records, adds them up per shard in flight and writes the markers of finished shards in batches
+(:mod:`mak_ray.score.markers`).
 
 Throughput on few CPUs: when the read tasks and the actors ask for the same CPU share, Ray fuses the read
 into the actors, so one actor call reads and scores one shard with no copy in between. The scorer's
@@ -13,30 +15,44 @@ every shard while the others idle. The scorer slices each block into ``score.bat
 Writing inside the actor avoids a third kind of process on the CPUs, an object-store copy of the outputs
 and a cold write worker after the last batch.
 
+Incremental: a shard's id depends only on its own objects, and ``params.json`` records what every row
+depends on (the model's digest, the negative bank's and the centroids' digests, the scoring settings). A
+rerun with the same params keeps every finished shard that is still planned, scores only the new ones and
+removes the output of shards no longer in the input (a grown or shrunk pool costs only its change); a rerun
+with other params starts the output afresh, saying which field changed.
+
 No duplicates, ever: before a run, every shard without a marker loses its partial output; part names are
 a function of the rows they hold (so a retried write task overwrites rather than adds); and shards or markers
-that no longer belong to the planned input (the input changed) are removed. The summary re-counts from the
-markers, and ``inputs == scored + failed`` is checked before it is written.
+that no longer belong to the planned input are removed. The summary re-counts from the markers, and
+``inputs == scored + failed`` is checked before it is written; entries the listing skipped are reported
+beside (``skipped``).
+
+The driver holds the shard index (a few dozen bytes per shard) and the counters of the shards in flight,
+never a row or an object name.
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures as cf
+import hashlib
 import json
 import logging
-import posixpath
 import resource
 import time
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mak_ray import storage
 from mak_ray.config import MakConfig
-from mak_ray.data import Shard, image_dataset, plan_from_config
+from mak_ray.data import Plan, image_dataset
 from mak_ray.data.duplicates import cross_shard_owners
+from mak_ray.data.manifest import plan_for
 from mak_ray.layout import ShardedOutput
+from mak_ray.score import markers
 from mak_ray.score.actors import Embedder, ModelActor, Scorer, ScorerParams, map_actors
 
 log = logging.getLogger(__name__)
@@ -45,62 +61,150 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------- resume
 
 
-def _prepare(out: ShardedOutput, shards: list[Shard]) -> set[str]:
-    """Ids of finished shards; removes partial output of unfinished ones and output of shards not planned."""
-    planned = {s.shard_id for s in shards}
-    done: set[str] = set()
-    present: set[str] = set()
-    if storage.exists(out.root):
-        base = storage.filesystem(out.root)[1]
-        for f in storage.list_files(out.root):
-            rel = storage.filesystem(f)[1][len(base) + 1 :]
-            top = rel.split("/", 1)[0]
-            if top == out.MARKERS and rel.endswith(".json"):
-                done.add(posixpath.basename(rel)[: -len(".json")])
-            elif top.startswith(out.SHARD_PREFIX):
-                present.add(top[len(out.SHARD_PREFIX) :])
-    stale = (done | present) - planned
-    if stale:
-        log.warning(
-            "%s: %d shards in the output are not in the planned input (it changed); removing them",
-            out.root,
-            len(stale),
-        )
-        for sid in stale:
-            storage.delete(out.shard_dir(sid))
-            storage.delete(out.marker(sid))
-    done &= planned
-    partial = (present & planned) - done
-    for sid in sorted(partial):
-        log.info("shard %s: removing partial output of an interrupted run", sid)
-        storage.delete(out.shard_dir(sid))
-    return done
+def digest_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
-def _read_markers(out: ShardedOutput, sids: list[str]) -> list[dict]:
+def digest_array(arr: np.ndarray) -> str:
+    a = np.ascontiguousarray(arr, dtype=np.float32)
+    return digest_bytes(str(a.shape).encode() + a.tobytes())
+
+
+def output_params(cfg: MakConfig, actor: type[ModelActor], model_uri: str, **digests: str) -> dict[str, Any]:
+    """What every row of a sharded output depends on (besides its own image)."""
+    params = asdict(ScorerParams.from_config(cfg, model_uri))
+    unused = ("model_uri", "batch_size", "use_gpu")  # where the model is and how it is batched change no row
+    if not issubclass(actor, Scorer):
+        unused += ("views", "seed", "temperature", "ecle_batch_size", "ecle_repeats")  # the clean view only
+    for k in unused:
+        params.pop(k)
+    d = cfg.data
+    return {
+        "actor": actor.__name__,
+        "model": digest_bytes(storage.read_bytes(model_uri)),
+        **digests,
+        "scoring": params,
+        "reading": {
+            "max_pixels": d.max_pixels,
+            "id_column": d.id_column,
+            "image_column": d.image_column,
+            "label_column": d.label_column,
+        },
+    }
+
+
+def _changed(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _shard_dirs(out: ShardedOutput) -> pa.Array:
+    names = storage.list_dirs(out.root)
+    return pa.array(
+        [n[len(out.SHARD_PREFIX) :] for n in names if n.startswith(out.SHARD_PREFIX)], pa.string()
+    )
+
+
+def _delete_shards(out: ShardedOutput, sids: list[str]) -> None:
+    import concurrent.futures as cf
+
     with cf.ThreadPoolExecutor(16) as pool:
-        return list(pool.map(lambda s: storage.read_json(out.marker(s)), sids))
+        list(pool.map(lambda sid: storage.delete(out.shard_dir(sid)), sids))
+
+
+def _clear(out: ShardedOutput) -> None:
+    """Remove every row of the output (shards, markers, summary); files beside them (the bank) stay."""
+    _delete_shards(out, _shard_dirs(out).to_pylist())
+    storage.delete(out.markers_dir)
+    storage.delete(out.summary)
+
+
+def _prepare(out: ShardedOutput, units: pa.Table, params: dict[str, Any]) -> tuple[pa.Table, dict[str, int]]:
+    """The markers of finished shards that are still planned (their rows are kept); removes the output of
+    shards not planned any more, the partial output of unfinished ones, and everything when the params of the
+    output differ from ``params``. Returns the kept markers and the shard counts (reused, removed)."""
+    if storage.exists(out.params):
+        old = storage.read_json(out.params)
+        if old != params:
+            log.warning(
+                "%s: the output was made with other params (%s): scoring every shard afresh",
+                out.root,
+                ", ".join(_changed(old, params)),
+            )
+            _clear(out)
+    elif storage.exists(out.root):
+        _clear(out)  # an output without params: its rows cannot be trusted
+    storage.write_json(out.params, params)
+    done = markers.read_markers(out)
+    present = _shard_dirs(out)
+    planned = units.column("shard")
+    keep = done.filter(pc.is_in(done["shard"], value_set=planned))
+    stale_marked = done.filter(pc.invert(pc.is_in(done["shard"], value_set=planned))).column("shard")
+    stale = pc.filter(present, pc.invert(pc.is_in(present, value_set=planned)))
+    removed = pc.unique(pa.concat_arrays([stale, stale_marked.combine_chunks().cast(pa.string())]))
+    if len(removed):
+        log.info("%s: %d shards are no longer in the input: removing their output", out.root, len(removed))
+        _delete_shards(out, removed.to_pylist())
+    if len(removed) or done.num_rows != keep.num_rows or done.num_rows > markers.BATCH_SHARDS:
+        markers.rewrite(out, keep)
+    partial = pc.filter(present, pc.invert(pc.is_in(present, value_set=keep.column("shard"))))
+    partial = pc.filter(partial, pc.is_in(partial, value_set=planned))
+    if len(partial):
+        log.info("%s: removing the partial output of %d interrupted shards", out.root, len(partial))
+        _delete_shards(out, partial.to_pylist())
+    return keep, {"reused": keep.num_rows, "removed": len(removed)}
+
+
+def shard_delta(plan: Plan, out: ShardedOutput) -> dict[str, int]:
+    """What a scoring run of ``plan`` into ``out`` would do at shard level, from the shard index, the markers
+    and the output's folder names only (no image is read): shards ``done`` (finished and still planned),
+    ``to_add`` (planned, not finished) and ``to_remove`` (in the output, not planned). It assumes the params
+    match; when they do not (see ``params.json``), every planned shard is to add."""
+    planned = plan.shard_table().column("shard")
+    done = markers.read_markers(out).column("shard")
+    present = _shard_dirs(out) if storage.exists(out.root) else pa.array([], pa.string())
+    kept = pc.sum(pc.is_in(done, value_set=planned).cast(pa.int64())).as_py() or 0
+    extra = pc.unique(pa.concat_arrays([done.combine_chunks().cast(pa.string()), present]))
+    removed = pc.sum(pc.invert(pc.is_in(extra, value_set=planned)).cast(pa.int64())).as_py() or 0
+    return {"done": int(kept), "to_add": len(planned) - int(kept), "to_remove": int(removed)}
 
 
 # ------------------------------------------------------------------------------------------- engine
 
 
 class _Progress:
-    """Per-shard sums, markers when a shard completes, and a periodic rate/ETA log line."""
+    """Sums of the shards in flight, batched markers when they complete, running totals, and a periodic
+    rate/ETA log line."""
 
-    def __init__(self, out: ShardedOutput, todo: list[Shard], log_every_s: float, what: str) -> None:
+    def __init__(self, out: ShardedOutput, todo: pa.Table, log_every_s: float, what: str) -> None:
         self.out, self.what, self.log_every_s = out, what, log_every_s
-        self.known = {s.shard_id: s.known_rows for s in todo}
-        self.rows = collections.Counter()
+        rows = todo.column("rows")
+        self.shards = todo.num_rows
+        self.known_rows = int(pc.sum(rows).as_py() or 0)
+        self.unknown = rows.null_count  # shards whose size is learnt when they finish (tar)
+        self.markers = markers.MarkerWriter(out)
+        self.rows: collections.Counter = collections.Counter()  # in flight
         self.failed: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self.total: dict[str, int] = {}
-        self.finished: dict[str, dict] = {}
+        self.finished: set[str] = set()
+        self.done_rows = 0
+        self.finished_unknown_rows = 0
+        self.finished_unknown = 0
+        self.inputs = self.scored = 0
+        self.by_reason: collections.Counter = collections.Counter()
         self.actor_rss = 0
         self.first_ready = float("inf")  # epoch seconds when the first actor had its model loaded
         self.start = self.last_log = time.monotonic()
 
     def add(self, sid: str, n: int, failed: dict, total: int, rss: int, ready_at: float = 0.0) -> None:
         self.rows[sid] += n
+        self.done_rows += n
         self.failed[sid].update(failed)
         self.actor_rss = max(self.actor_rss, rss)
         if ready_at > 0:
@@ -116,43 +220,36 @@ class _Progress:
             self.last_log = now
             self.log_line(now)
 
-    def finish(self, sid: str) -> None:
+    def finish(self, sid: str, known: int | None = None) -> None:
         if sid in self.finished:
             return
-        failed = dict(self.failed[sid])
-        m = {
-            "shard": sid,
-            "rows": int(self.rows[sid]),
-            "failed": failed,
-            "scored": int(self.rows[sid] - sum(failed.values())),
-        }
-        storage.write_json(self.out.marker(sid), m)
-        self.finished[sid] = m
+        rows = int(self.rows.pop(sid, 0))
+        failed = dict(self.failed.pop(sid, {}))
+        self.total.pop(sid, None)
+        scored = rows - sum(failed.values())
+        self.markers.add(sid, rows, scored, failed)
+        self.finished.add(sid)
+        self.inputs += rows
+        self.scored += scored
+        self.by_reason.update(failed)
+        if known is None:
+            self.finished_unknown += 1
+            self.finished_unknown_rows += rows
 
     def log_line(self, now: float) -> None:
-        done_rows = sum(self.rows.values())
-        rate = done_rows / max(now - self.start, 1e-9)
-        finished_sizes = [m["rows"] for m in self.finished.values()]
-        mean = float(np.mean(finished_sizes)) if finished_sizes else None
-        est = 0.0
-        for sid, k in self.known.items():
-            if sid in self.finished:
-                est += self.finished[sid]["rows"]
-            elif k is not None:
-                est += k
-            elif mean is not None:
-                est += mean
-            else:
-                est = float("nan")
-                break
-        eta = (est - done_rows) / rate if rate > 0 and np.isfinite(est) else float("nan")
+        rate = self.done_rows / max(now - self.start, 1e-9)
+        est = float(self.known_rows)
+        if self.unknown:
+            mean = self.finished_unknown_rows / self.finished_unknown if self.finished_unknown else None
+            est = est + self.unknown * mean if mean is not None else float("nan")
+        eta = (est - self.done_rows) / rate if rate > 0 and np.isfinite(est) else float("nan")
         eta_txt = f"{eta:.0f}s" if np.isfinite(eta) else "?"
         log.info(
             "%s: %d images (%d/%d shards), %.1f images/s, ETA %s",
             self.what,
-            done_rows,
+            self.done_rows,
             len(self.finished),
-            len(self.known),
+            self.shards,
             rate,
             eta_txt,
         )
@@ -160,24 +257,33 @@ class _Progress:
 
 def _run(
     cfg: MakConfig,
-    shards: list[Shard],
+    plan: Plan,
     actor: type[ModelActor],
     ctor: dict,
     out: ShardedOutput,
+    params: dict[str, Any],
 ) -> dict:
-    """Read the unfinished ``shards`` through ``actor`` actors (constructed with ``ctor`` plus where to write),
-    mark each shard when its rows are all written, and write the summary."""
+    """Read the planned shards not finished with these ``params`` through ``actor`` actors (constructed with
+    ``ctor`` plus where to write), mark each shard when its rows are all written, and write the summary."""
     t0, wall0 = time.monotonic(), time.time()
-    done = _prepare(out, shards)
-    todo = [s for s in shards if s.shard_id not in done]
+    units = plan.shard_table()
+    kept, delta = _prepare(out, units, params)
+    todo = units.filter(pc.invert(pc.is_in(units["shard"], value_set=kept.column("shard"))))
     what = f"{actor.__name__.lower()} {out.root}"
-    log.info("%s: %d shards, %d finished earlier, %d to do", what, len(shards), len(done), len(todo))
+    log.info(
+        "%s: %d shards: %d reused, %d to score, %d removed",
+        what,
+        units.num_rows,
+        delta["reused"],
+        todo.num_rows,
+        delta["removed"],
+    )
     progress = _Progress(out, todo, cfg.score.log_every_s, what)
-    if todo:
+    if todo.num_rows:
         ctor = {**ctor, "write": {"out_uri": out.root}}
-        owners = cross_shard_owners(shards, cfg.data)  # over every planned shard: reruns fail the same rows
-        ds = image_dataset(todo, cfg.data, owners=owners)
-        records = map_actors(ds, cfg, actor, ctor, shards=len(todo))
+        owners = cross_shard_owners(units, plan.part_uris, cfg.data)  # all shards: reruns fail the same rows
+        ds = image_dataset(todo, plan.part_uris, cfg.data, owners=owners)
+        records = map_actors(ds, cfg, actor, ctor, shards=todo.num_rows)
         for batch in records.iter_batches(batch_size=None, batch_format="numpy"):
             for sid, n, failed, total, rss, ready in zip(
                 batch["shard"],
@@ -190,61 +296,87 @@ def _run(
                 progress.add(str(sid), int(n), json.loads(failed), int(total), int(rss), float(ready))
         # The stream ended without error, so every row of every shard has been written: mark the rest
         # (shards whose last row was not seen in a record of their own, and empty shards).
-        for s in todo:
-            if s.shard_id in progress.total and progress.total[s.shard_id] != progress.rows[s.shard_id]:
+        for sid, known in zip(todo.column("shard").to_pylist(), todo.column("rows").to_pylist()):
+            if sid in progress.finished:
+                continue
+            if sid in progress.total and progress.total[sid] != progress.rows[sid]:
                 raise RuntimeError(
-                    f"shard {s.shard_id}: {progress.rows[s.shard_id]} rows written, "
-                    f"{progress.total[s.shard_id]} read"
+                    f"shard {sid}: {progress.rows[sid]} rows written, {progress.total[sid]} read"
                 )
-            progress.finish(s.shard_id)
+            progress.finish(sid, known)
+        progress.markers.flush()
         progress.log_line(time.monotonic())
-    markers = list(progress.finished.values()) + _read_markers(out, sorted(done))
+    inputs, scored, by_reason = markers.totals(kept)
+    inputs, scored = inputs + progress.inputs, scored + progress.scored
+    by_reason.update(progress.by_reason)
     seconds = time.monotonic() - t0
     startup = progress.first_ready - wall0 if np.isfinite(progress.first_ready) else None
-    return _summarise(out, markers, seconds, sum(progress.rows.values()), progress.actor_rss, startup)
+    summary = {
+        "inputs": inputs,
+        "scored": scored,
+        "failed": sum(by_reason.values()),
+        "failed_by_reason": dict(sorted(by_reason.items())),
+        "skipped": sum(plan.skipped.values()),
+        "skipped_by_reason": dict(plan.skipped),
+        "shards": units.num_rows,
+        "shards_reused": delta["reused"],
+        "shards_added": todo.num_rows,
+        "shards_removed": delta["removed"],
+        "plan": {
+            "digest": plan.digest,
+            "reused": plan.reused,
+            "manifest": plan.manifest,
+            "seconds": plan.seconds,
+        },
+        "rows_this_run": progress.inputs,
+    }
+    return _summarise(out, summary, seconds, progress.actor_rss, startup)
 
 
 def _summarise(
     out: ShardedOutput,
-    markers: list[dict],
+    summary: dict[str, Any],
     seconds: float,
-    rows_this_run: int,
     actor_rss: int,
     startup_seconds: float | None = None,
 ) -> dict:
     """``images_per_s`` is end to end (this run's rows over all of ``seconds``). ``startup_seconds``: from the
     start of the run until the first scoring actor had its model loaded (worker start, imports, model load);
     ``steady_images_per_s`` counts the rows over the rest of the run only."""
-    by_reason: collections.Counter = collections.Counter()
-    for m in markers:
-        by_reason.update(m["failed"])
-    inputs = sum(m["rows"] for m in markers)
-    scored = sum(m["scored"] for m in markers)
-    failed = sum(by_reason.values())
+    inputs, scored, failed = summary["inputs"], summary["scored"], summary["failed"]
     if inputs != scored + failed:
         raise RuntimeError(
             f"accounting mismatch in {out.root}: inputs {inputs} != scored {scored} + failed {failed}"
         )
-    summary = {
-        "inputs": inputs,
-        "scored": scored,
-        "failed": failed,
-        "failed_by_reason": dict(sorted(by_reason.items())),
-        "shards": len(markers),
-        "rows_this_run": rows_this_run,
-        "seconds": round(seconds, 3),
-        "images_per_s": round(rows_this_run / seconds, 2) if seconds > 0 else None,
-        "startup_seconds": None if startup_seconds is None else round(startup_seconds, 3),
-        "steady_images_per_s": (
-            round(rows_this_run / (seconds - startup_seconds), 2)
-            if startup_seconds is not None and seconds > startup_seconds
-            else None
-        ),
-        "driver_max_rss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
-        "actor_max_rss_bytes": actor_rss,
-    }
+    n = summary["rows_this_run"]
+    summary.update(
+        {
+            "seconds": round(seconds, 3),
+            "images_per_s": round(n / seconds, 2) if seconds > 0 else None,
+            "startup_seconds": None if startup_seconds is None else round(startup_seconds, 3),
+            "steady_images_per_s": (
+                round(n / (seconds - startup_seconds), 2)
+                if startup_seconds is not None and seconds > startup_seconds
+                else None
+            ),
+            "driver_max_rss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+            "actor_max_rss_bytes": actor_rss,
+        }
+    )
     storage.write_json(out.summary, summary)
-    log.info("%s: %d inputs = %d scored + %d failed %s", out.root, inputs, scored, failed, dict(by_reason))
+    log.info(
+        "%s: %d inputs = %d scored + %d failed %s; %d skipped %s; shards: %d reused, %d scored, %d removed",
+        out.root,
+        inputs,
+        scored,
+        failed,
+        summary["failed_by_reason"],
+        summary["skipped"],
+        summary["skipped_by_reason"],
+        summary["shards_reused"],
+        summary["shards_added"],
+        summary["shards_removed"],
+    )
     return summary
 
 
@@ -252,25 +384,37 @@ def _summarise(
 
 
 def score_pool(
-    cfg: MakConfig, model_uri: str, centroids: np.ndarray, out: ShardedOutput, bank_uri: str
+    cfg: MakConfig,
+    model_uri: str,
+    centroids: np.ndarray,
+    out: ShardedOutput,
+    bank_uri: str,
+    plan_dir: str | None = None,
 ) -> dict:
-    """Score ``cfg.data.pool`` into ``out`` (ECLE, proximity to ``centroids``, embeddings); resumable. The
-    negative bank is read from ``bank_uri``, or drawn and written there first."""
+    """Score ``cfg.data.pool`` into ``out`` (ECLE, proximity to ``centroids``, embeddings); resumable and
+    incremental. The negative bank is read from ``bank_uri`` while it belongs to this model (see
+    :mod:`mak_ray.score.bank`), or drawn and written there first."""
     import ray
 
     from mak_ray.score.bank import load_or_compute_bank
 
-    shards = plan_from_config(cfg.data.pool, cfg.data)
-    bank = load_or_compute_bank(cfg, model_uri, shards, bank_uri)
+    plan = plan_for(cfg, cfg.data.pool, plan_dir)
+    bank = load_or_compute_bank(cfg, model_uri, plan, bank_uri, out.file("bank.json"))
     ctor = {
         "params": asdict(ScorerParams.from_config(cfg, model_uri)),
         "bank": ray.put(np.ascontiguousarray(bank, dtype=np.float32)),
         "centroids": ray.put(np.ascontiguousarray(centroids, dtype=np.float32)),
     }
-    return _run(cfg, shards, Scorer, ctor, out)
+    params = output_params(cfg, Scorer, model_uri, bank=digest_array(bank), centroids=digest_array(centroids))
+    return _run(cfg, plan, Scorer, ctor, out, params)
 
 
-def embed_images(input_uri: str, cfg: MakConfig, model_uri: str, out: ShardedOutput) -> dict:
+def embed_images(
+    input_uri: str, cfg: MakConfig, model_uri: str, out: ShardedOutput, plan_dir: str | None = None
+) -> dict:
     """Clean-view backbone embeddings of every image under ``input_uri`` into ``out``; resumable."""
-    shards = plan_from_config(input_uri, cfg.data)
-    return _run(cfg, shards, Embedder, {"params": asdict(ScorerParams.from_config(cfg, model_uri))}, out)
+    plan = plan_for(cfg, input_uri, plan_dir)
+    params = output_params(cfg, Embedder, model_uri)
+    return _run(
+        cfg, plan, Embedder, {"params": asdict(ScorerParams.from_config(cfg, model_uri))}, out, params
+    )
