@@ -30,6 +30,7 @@ taken from torch's global RNG, so ``torch.manual_seed`` still governs training r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Sequence
@@ -418,7 +419,7 @@ def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 def _rgb_to_hsv(image: torch.Tensor) -> torch.Tensor:
     """torchvision's float RGB -> HSV (h in [0, 1)), on ``[..., 3, H, W]``."""
     r, g, _ = image.unbind(dim=-3)
-    minc, maxc = image.amin(dim=-3), image.amax(dim=-3)  # aminmax over channels is ~10x slower on CPU
+    minc, maxc = image.amin(dim=-3), image.amax(dim=-3)  # aminmax over channels is much slower on CPU
     eqc = maxc == minc
     channels_range = maxc - minc
     ones = torch.ones_like(maxc)
@@ -464,7 +465,7 @@ _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue
 def _reflect_blur_matrices(sigma: torch.Tensor, size: int, kernel: int) -> torch.Tensor:
     """``[n, size, size]`` matrices M with ``row @ M`` = 1-D Gaussian blur of ``row``, reflect padding folded in.
 
-    Gaussian taps as ``F.gaussian_blur`` builds them; a banded matmul is ~7x faster here than a grouped conv.
+    Gaussian taps as ``F.gaussian_blur`` builds them; a banded matmul is much faster here than a grouped conv.
     """
     device = sigma.device
     n = sigma.shape[0]
@@ -492,9 +493,14 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.T
     return torch.matmul(m.transpose(-1, -2), torch.matmul(x, m))
 
 
+@functools.cache
 def _normaliser(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    """MEAN and STD as ``[1, 3, 1, 1]`` tensors on ``device``, made once: a fresh small tensor on a GPU would be a
+    blocking copy, which waits for all the work queued before it. Made outside inference mode, so that training
+    (with autograd) and scoring (in inference mode) can both use them."""
+    with torch.inference_mode(False):
+        mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
     return mean, std
 
 
@@ -573,7 +579,8 @@ def augment_batch(images: Any, image_size: int) -> torch.Tensor:
 
 def clean_batch(images: Any, image_size: int) -> torch.Tensor:
     """Un-augmented, normalised ``[B, 3, size, size]`` float on the batch's device: the centred square of each
-    frame resized to ``size`` (bilinear, no antialias; frames come from the decoder at most ~1.15x the size)."""
+    frame resized to ``size`` (bilinear, no antialias: the decoder already brought the frame's shorter side down
+    to ``data.decode_size``, by default about 1.15x the size)."""
     batch = as_batch(images)
     device = batch.device
     boxes = host_to_device(centre_boxes(batch.sizes), device)

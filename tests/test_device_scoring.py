@@ -175,7 +175,7 @@ def test_window_mask_on_tensors_equals_numpy() -> None:
     m = 300
     ranks_t = np.stack([rng.permutation(m) for _ in range(4)], axis=1)
     offsets = rng.integers(0, m, size=(6, 4))
-    got = window_mask(torch.from_numpy(ranks_t).int(), torch.from_numpy(offsets).int(), 120)
+    got = window_mask(torch.from_numpy(ranks_t).short(), torch.from_numpy(offsets).short(), 120)
     assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
     want = ((ranks_t[None, :, :] - offsets[:, None, :]) % m < 120).astype(np.float32)
     assert np.array_equal(got.numpy(), want)

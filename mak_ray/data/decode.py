@@ -9,9 +9,10 @@ Two output shapes:
 - :func:`decode_frame`: the source frame the augmentation crops from. The aspect ratio is kept, the shorter
   side is resized to at most ``decode_size`` (``data.decode_size``, default :func:`default_decode_size`, about
   1.15x the model's input side, so a crop is rarely downscaled by more than that), smaller images are kept as
-  they are. An image more elongated than ``MAX_ASPECT`` : 1 keeps only its centred ``MAX_ASPECT`` : 1 part:
-  banners and panoramas would otherwise make RandomResizedCrop fall back to its centre crop on most draws, and
-  a row's size would be unbounded.
+  they are. An image more elongated than ``MAX_ASPECT`` : 1 keeps only its centred ``MAX_ASPECT`` : 1 part: in a
+  banner or panorama RandomResizedCrop's ratio range lets only boxes of a small share of the area fit, so most
+  of its scale draws are rejected and its crops no longer span (0.08, 1) of the image; and a row's size would
+  be unbounded.
 - :func:`decode_image`: a square ``[size, size, 3]`` (shorter side resized to ``size``, centre crop).
 
 Reasons: ``empty``, ``not_an_image``, ``corrupt`` (including truncated data), ``too_many_pixels``.

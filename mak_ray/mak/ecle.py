@@ -235,23 +235,35 @@ def draw_negatives(keys_u64: np.ndarray, bank_size: int, count: int, *, seed: in
     return perm[(start[:, None] + np.arange(count)[None, :]) % bank_size]
 
 
+def window_index_dtype(bank_size: int) -> Any:
+    """The narrowest signed integer type that holds ``rank - offset`` in (-M, M): int16 up to M = 32767."""
+    import torch
+
+    return torch.int16 if bank_size <= 32767 else torch.int32
+
+
 def window_mask(ranks_t: Any, offsets: Any, count: int) -> Any:
     """0/1 float32 mask [n, M, repeats]: bank sample j is in sample i's window of repeat r.
 
     ``ranks_t[j, r]`` is j's position in repeat r's permutation, ``offsets[i, r]``
     the sample's start; the window is ``count`` cyclically consecutive
-    positions, i.e. ``(rank - offset) mod M < count``: ``v = rank - offset`` lies
-    in (-M, M), and the window is ``0 <= v < count`` or ``v < count - M`` (the
-    wrapped part).  Tensors in, a tensor out on their device; numpy in, numpy out.
+    positions, i.e. ``(rank - offset) mod M < count``.  Computed without a
+    modulo in the narrowest signed type (:func:`window_index_dtype`; tensors must
+    come in it): ``v = rank - offset`` lies in (-M, M), adding ``M`` where the
+    sign bit is set gives ``v mod M``, and on integers ``clamp(count - v, 0, 1)``
+    is the 0/1 of ``v < count``.  Tensors in, a tensor out on their device;
+    numpy in, numpy out.
     """
     import torch
 
     if isinstance(ranks_t, np.ndarray):
-        r, o = torch.from_numpy(ranks_t.astype(np.int32)), torch.from_numpy(np.asarray(offsets, np.int32))
+        dt = window_index_dtype(ranks_t.shape[0])
+        r, o = torch.from_numpy(ranks_t).to(dt), torch.from_numpy(np.asarray(offsets)).to(dt)
         return window_mask(r, o, count).numpy()
     m = ranks_t.shape[0]
     v = ranks_t[None, :, :] - offsets[:, None, :]
-    return (((v >= 0) & (v < count)) | (v < count - m)).to(torch.float32)
+    v += (v >> (torch.iinfo(v.dtype).bits - 1)) & m
+    return v.neg_().add_(count).clamp_(0, 1).to(torch.float32)
 
 
 class BankECLE:
@@ -287,23 +299,27 @@ class BankECLE:
         flat = b.reshape(self.r_views * self.m, self.d)
         self.bank_aug_t = torch.cat([flat, flat.new_ones(self.r_views * self.m, 1)], dim=1).T.contiguous()
         # rank of each bank sample in every repeat's permutation: [M, repeats]
-        ranks_t = np.empty((self.m, self.repeats), dtype=np.int32)
+        ranks_t = np.empty((self.m, self.repeats), dtype=np.int64)
         for r in range(self.repeats):
-            ranks_t[bank_permutation(self.m, seed=self.seed, repeat=r), r] = np.arange(self.m, dtype=np.int32)
-        self.ranks_t = torch.from_numpy(ranks_t).to(self.device)
+            ranks_t[bank_permutation(self.m, seed=self.seed, repeat=r), r] = np.arange(self.m)
+        self.index_dtype = window_index_dtype(self.m)
+        self.ranks_t = torch.from_numpy(ranks_t).to(self.device, self.index_dtype)
         if chunk_elements is None:
             chunk_elements = _CHUNK_ELEMS if self.device.type == "cpu" else _CHUNK_ELEMS_GPU
         self.chunk_elements = int(chunk_elements)
+        # the view pairs (p, q), p != q, as integer indices: a boolean-mask index would read the GPU back
+        pairs = (~torch.eye(self.r_views, dtype=torch.bool)).nonzero(as_tuple=True)
+        self.pair_p, self.pair_q = (i.to(self.device) for i in pairs)
 
     @property
     def dtype(self) -> Any:
         return self.bank_aug_t.dtype
 
     def offsets(self, keys_u64: np.ndarray) -> np.ndarray:
-        """Each sample's window start in every repeat, ``[N, repeats]`` int32 (host)."""
+        """Each sample's window start in every repeat, ``[N, repeats]`` int64 (host)."""
         return np.stack(
             [sample_offsets(keys_u64, self.m, seed=self.seed, repeat=r) for r in range(self.repeats)], axis=1
-        ).astype(np.int32)
+        )
 
     def __call__(self, z: Any, keys_u64: np.ndarray) -> Any:
         """ECLE ``[N]`` float64 on the device of unit projections ``z`` ``[R, N, D]`` (on the bank's device)."""
@@ -317,12 +333,11 @@ class BankECLE:
         out = torch.empty(n, dtype=torch.float64, device=z.device)
         if n == 0:
             return out
-        offsets = torch.from_numpy(self.offsets(keys_u64))
+        offsets = torch.from_numpy(self.offsets(keys_u64)).to(self.index_dtype)
         if z.device.type == "cuda":
             offsets = offsets.pin_memory().to(z.device, non_blocking=True)
         t, m = self.t, self.m
         chunk = max(1, min(n, self.chunk_elements // (r_views * r_views * m)))
-        off_diag = ~torch.eye(r_views, dtype=torch.bool, device=z.device)
         n_pairs = r_views * (r_views - 1)
         sim_buf = torch.empty(chunk * r_views, r_views * m, dtype=z.dtype, device=z.device)
         for start in range(0, n, chunk):
@@ -342,7 +357,7 @@ class BankECLE:
             # denominator for anchor p, pair (p, q), repeat r: exp(pos) + E[p, view p] + E[p, view q]
             denom = torch.exp(pos)[..., None] + e_pp[:, :, None, :] + e
             loss = torch.log(denom) - pos[..., None]  # [c, p, q, r]
-            out[start:stop] = loss[:, off_diag].sum(dim=(1, 2)) / (n_pairs * self.repeats)
+            out[start:stop] = loss[:, self.pair_p, self.pair_q].sum(dim=(1, 2)) / (n_pairs * self.repeats)
         return out
 
 
