@@ -9,13 +9,15 @@ Phases (``--phases``, default all three):
   images/s, view passes/s (x (R + 1)), GPU utilisation sampled with nvidia-smi in that window, and the host CPU
   per image (decode processes; the actor's own process).
 - ``correlation``: the same ``--corr-images`` images scored by the same code on the CPU in float32 and on the GPU
-  in bf16, with the same bank and centroids: Spearman rank correlation of ECLE and of proximity (goal >= 0.99).
+  in bf16, with the same bank and centroids: Spearman rank correlation of ECLE and of proximity (goal >= 0.99);
+  the GPU at float16 and float32 too, to tell rounding from a defect.
 - ``pipeline``: ``score_pool`` on a folder of the JPEGs, one actor with one GPU, reads and decodes on the other
   CPUs: images/s end to end and after the actor start, GPU utilisation while it runs.
 
-The model is a randomly initialised ResNet-50 (standard stem, 128-d head) whose BatchNorm statistics are first
-fitted to these images' views (train-mode passes), so that activations have a sane scale; the bank is the
-projections of ``--bank`` of the images, the centroids a K-means of their embeddings.
+The model is a ResNet-50 (standard stem, 128-d head) trained for ``--train-steps`` SimCLR steps on these images
+first (which prints the plain loop's training images/s): the features of an untrained network are so alike that
+bf16 rounding alone reorders its ECLE and proximity, which would say nothing about the scoring path. The bank is
+the projections of ``--bank`` of the images, the centroids a K-means of their embeddings.
 
 ``--device cpu --quick`` runs every phase on the CPU with a tiny model and a few images (the "GPU" side of the
 correlation is then the CPU under bf16 autocast), to check the script itself where no GPU is lent.
@@ -183,36 +185,50 @@ def generate(n: int, workers: int) -> list[bytes]:
     return [f for p in parts for f in p]
 
 
-def calibrate(model: torch.nn.Module, s: Setup, frames: list[np.ndarray]) -> None:
-    """Fit BatchNorm running statistics to these images' views (cumulative average over train-mode passes)."""
-    from mak_ray.augment import ImageBatch, seeded_views
+def pretrain(model: torch.nn.Module, s: Setup, frames: list[np.ndarray], steps: int) -> torch.nn.Module:
+    """SimCLR steps (:func:`mak_ray.train.loop.train_step`, views rendered on the device, bf16 on CUDA) on these
+    frames; prints the plain loop's training images/s. Returns the model in eval mode."""
+    from mak_ray.config import TrainSection
+    from mak_ray.train.loop import make_optimizer, prepare_model, train_step
 
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
+    model = prepare_model(model.to(s.device), s.device)
+    opt, sched = make_optimizer(model, TrainSection(warmup_epochs=0, epochs=1), s.batch, steps)
     model.train()
-    with torch.no_grad():
-        for a in range(0, len(frames), s.batch):
-            chunk = frames[a : a + s.batch]
-            batch = ImageBatch.from_frames(chunk).to(s.device)
-            v = seeded_views(batch, [f"calib-{a + i}" for i in range(len(chunk))], 2, 99, s.image_size)
-            x = v.view(-1, 3, s.image_size, s.image_size)
-            for c in range(0, x.shape[0], s.forward_chunk):
-                model(x[c : c + s.forward_chunk])
-    for m in bns:
-        m.momentum = 0.1
-    model.eval()
+    rng = np.random.default_rng(0)
+    warm = min(5, steps // 2)
+    losses = []
+    for k in range(steps):
+        if k == warm:
+            _sync(s.device)
+            t0 = time.perf_counter()
+        column = np.empty(s.batch, dtype=object)
+        column[:] = [frames[i] for i in rng.choice(len(frames), s.batch, replace=len(frames) < s.batch)]
+        losses.append(train_step(model, opt, sched, column, s.image_size, 0.2, s.device))
+    _sync(s.device)
+    rate = (steps - warm) * s.batch / (time.perf_counter() - t0)
+    per = "per GPU" if s.device.type == "cuda" else "on the CPU"
+    print(
+        f"SimCLR training, plain loop (no Ray Train), {s.batch} frames per step: {rate:,.1f} images/s {per} "
+        f"over {steps - warm} steps; loss {float(losses[0]):.3f} -> {float(losses[-1]):.3f}",
+        flush=True,
+    )
+    return model.eval()
 
 
-def build(s: Setup, frames: list[np.ndarray]) -> tuple[torch.nn.Module, np.ndarray, np.ndarray]:
-    """The calibrated model (on the CPU), the bank and the centroids (host arrays)."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build(
+    s: Setup, frames: list[np.ndarray], train_steps: int
+) -> tuple[torch.nn.Module, np.ndarray, np.ndarray]:
+    """The briefly trained model (on the CPU), the bank and the centroids (host arrays)."""
     from mak_ray.models import build_model
     from mak_ray.select.proximity import fit_centroids
 
     torch.manual_seed(0)
-    model = build_model(s.model_section()).to(s.device)
-    calibrate(model, s, frames[: max(s.batch, min(len(frames), 4 * s.batch))])
+    model = pretrain(build_model(s.model_section()), s, frames, train_steps)
     scorer = DeviceScorer(model, s.params(), s.device)
     keys = [f"bank-{i}" for i in range(s.bank)]
     pool = frames[: s.bank]
@@ -301,30 +317,40 @@ class _CpuBf16(torch.nn.Module):
 
 
 def phase_correlation(s: Setup, model, bank, centroids, frames: list[np.ndarray]) -> dict[str, float]:
+    """Spearman of ECLE and proximity, CPU float32 against the device path at the scoring precision (bf16), and,
+    on CUDA, at float16 and float32 too: if bf16 misses the goal, the other two tell precision from a defect."""
     keys = [f"corr-{i}" for i in range(len(frames))]
     batches = [(frames[a : a + s.batch], keys[a : a + s.batch]) for a in range(0, len(frames), s.batch)]
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
     cpu = list(DeviceScorer(model, s.params(), "cpu", bank, centroids).run(batches))
-    t_cpu = time.perf_counter() - t0
+    print(f"  CPU float32 path: {time.perf_counter() - t0:.1f} s on {os.cpu_count()} threads", flush=True)
     torch.set_num_threads(threads)
-    other = _CpuBf16(model) if s.device.type == "cpu" else model
-    label = "CPU bf16 autocast" if s.device.type == "cpu" else f"{s.device.type} bf16"
-    t0 = time.perf_counter()
-    dev = list(DeviceScorer(other, s.params(), s.device, bank, centroids).run(batches))
-    t_dev = time.perf_counter() - t0
+    if s.device.type == "cpu":
+        sides = [("CPU bf16 autocast", _CpuBf16(model), s.params())]
+    else:
+        sides = [
+            (f"{s.device.type} {p or 'float32'}", model, dataclasses.replace(s.params(), autocast=p))
+            for p in ("bfloat16", "float16", None)
+        ]
     out = {}
-    for col in ("ecle", "proximity"):
-        a = np.concatenate([c[col] for c in cpu])
-        b = np.concatenate([c[col] for c in dev])
-        out[col] = spearman(a, b)
-        print(
-            f"rank correlation of {col}, CPU float32 vs {label}, {len(frames)} images: {out[col]:.4f} "
-            f"(goal >= 0.99); max |diff| {np.abs(a - b).max():.2e}, spread (std) {a.std():.3e}",
-            flush=True,
-        )
-    print(f"  CPU path {t_cpu:.1f} s ({os.cpu_count()} threads), {label} path {t_dev:.1f} s", flush=True)
+    for label, m, params in sides:
+        t0 = time.perf_counter()
+        dev = list(DeviceScorer(m, params, s.device, bank, centroids).run(batches))
+        took = time.perf_counter() - t0
+        for col in ("ecle", "proximity"):
+            a = np.concatenate([c[col] for c in cpu])
+            b = np.concatenate([c[col] for c in dev])
+            rho = spearman(a, b)
+            out.setdefault(col, rho)  # the first side is the scoring precision
+            goal = " (goal >= 0.99)" if label == sides[0][0] else ""
+            print(
+                f"rank correlation of {col}, CPU float32 vs {label}, {len(frames)} images: {rho:.4f}{goal}; "
+                f"max |diff| {np.abs(a - b).max():.2e}, spread (std) {a.std():.3e}",
+                flush=True,
+            )
+        print(f"  {label} path: {took:.1f} s", flush=True)
     return out
 
 
@@ -403,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--corr-images", type=int, default=None)
     ap.add_argument("--pipeline-images", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None, help="decode processes (default: CPUs - 2)")
+    ap.add_argument("--train-steps", type=int, default=None, help="SimCLR steps before scoring")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -434,8 +461,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     n_frames = max(s.bank, args.corr_images or (32 if q else 512))
     frames, _ = _decode_batch((files[:n_frames] + files[: max(0, n_frames - n_files)], s.decode_size))
-    model, bank, centroids = build(s, frames)
-    print(f"setup (JPEGs, BatchNorm fit, bank, centroids): {time.perf_counter() - t0:.1f} s", flush=True)
+    model, bank, centroids = build(s, frames, args.train_steps or (10 if q else 100))
+    print(f"setup (JPEGs, SimCLR steps, bank, centroids): {time.perf_counter() - t0:.1f} s", flush=True)
     if "throughput" in args.phases:
         phase_throughput(s, model, bank, centroids, args.seconds or (3.0 if q else 40.0))
     if "correlation" in args.phases:

@@ -5,7 +5,7 @@ actors and tests), and only the output columns come back to the host:
 
 - the frames go to the device once, as a padded uint8 canvas (:class:`mak_ray.augment.ImageBatch`);
 - R seeded SimCLR views and the clean view are rendered there (:mod:`mak_ray.augment`);
-- the model runs under bf16 autocast with channels_last activations on CUDA, in float32 on a CPU;
+- the model runs under autocast (bf16 by default) with channels_last activations on CUDA, in float32 on a CPU;
 - projections and embeddings are L2-normalised, ECLE runs against the bank held on the device
   (:class:`mak_ray.select.ecle.BankECLE`), proximity against the centroids held there;
 - unusable rows (a non-finite or all-zero embedding or projection) are flagged, not dropped: every number of a
@@ -46,6 +46,7 @@ class DeviceParams:
     ecle_batch_size: int = 512  # negatives per sample and repeat + 1
     ecle_repeats: int = 10
     forward_chunk: int = 256  # images per model call: bounds activation memory
+    autocast: str | None = "bfloat16"  # CUDA forward precision: "bfloat16", "float16", or None for float32
 
 
 def pick_device(use_gpu: bool) -> torch.device:
@@ -60,11 +61,15 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     return model.to(device).to(memory_format=fmt).eval()
 
 
-def forward(fn: Any, x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """``fn`` over ``x`` in chunks of ``chunk`` images, float32 out, on ``x``'s device; bf16 autocast and
-    channels_last inputs on CUDA."""
+def forward(fn: Any, x: torch.Tensor, chunk: int, autocast: str | None = "bfloat16") -> torch.Tensor:
+    """``fn`` over ``x`` in chunks of ``chunk`` images, float32 out, on ``x``'s device; on CUDA under autocast to
+    ``autocast`` (None: float32, TF32 as torch is set) with channels_last inputs."""
     cuda = x.device.type == "cuda"
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    amp = (
+        torch.autocast("cuda", dtype=getattr(torch, autocast))
+        if cuda and autocast
+        else contextlib.nullcontext()
+    )
     outs = []
     with torch.inference_mode(), amp:
         for s in range(0, max(1, x.shape[0]), chunk):  # an empty batch still gives [0, F]
@@ -141,22 +146,22 @@ def launch_batch(
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
+    if mode == "score" and (bank is None or centroids is None):
+        raise ValueError("score mode needs a negative bank and target centroids")
     s, out = params.image_size, {}
     with torch.inference_mode():
         if mode in ("score", "embed"):
-            emb = forward(model.embed, clean_batch(batch, s), params.forward_chunk)
+            emb = forward(model.embed, clean_batch(batch, s), params.forward_chunk, params.autocast)
             out["embedding"], bad_emb = emb, _bad_embedding(emb)
         if mode in ("score", "bank"):
             r, b = params.views, len(batch)
             views = seeded_views(batch, keys, r, params.seed, s)
-            zr = forward(model, views.view(r * b, 3, s, s), params.forward_chunk)
+            zr = forward(model, views.view(r * b, 3, s, s), params.forward_chunk, params.autocast)
             z = unit_rows(zr.view(r, b, zr.shape[-1]))
             if mode == "bank":
                 return Pending({"projections": z})
         if mode == "embed":
             return Pending({"embedding": emb, "bad_embedding": bad_emb})
-        if bank is None or centroids is None:
-            raise ValueError("score mode needs a negative bank and target centroids")
         bad_proj = _bad_projection(z)
         bad = bad_emb | bad_proj
         e = bank(torch.where(bad[None, :, None], torch.zeros_like(z), z), keys_to_u64(list(keys), len(keys)))
