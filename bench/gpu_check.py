@@ -151,6 +151,7 @@ class Setup:
     bank: int
     files: list[bytes]
     workers: int
+    cpu_threads: int  # torch threads of the CPU side of the correlation
 
     @property
     def decode_size(self) -> int:
@@ -322,10 +323,10 @@ def phase_correlation(s: Setup, model, bank, centroids, frames: list[np.ndarray]
     keys = [f"corr-{i}" for i in range(len(frames))]
     batches = [(frames[a : a + s.batch], keys[a : a + s.batch]) for a in range(0, len(frames), s.batch)]
     threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(s.cpu_threads)
     t0 = time.perf_counter()
     cpu = list(DeviceScorer(model, s.params(), "cpu", bank, centroids).run(batches))
-    print(f"  CPU float32 path: {time.perf_counter() - t0:.1f} s on {os.cpu_count()} threads", flush=True)
+    print(f"  CPU float32 path: {time.perf_counter() - t0:.1f} s on {s.cpu_threads} threads", flush=True)
     torch.set_num_threads(threads)
     if s.device.type == "cpu":
         sides = [("CPU bf16 autocast", _CpuBf16(model), s.params())]
@@ -430,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--pipeline-images", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None, help="decode processes (default: CPUs - 2)")
     ap.add_argument("--train-steps", type=int, default=None, help="SimCLR steps before scoring")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads on the CPU side (default: all)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -451,7 +453,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         bank=32 if q else 1024,
         files=files,
         workers=workers,
+        cpu_threads=args.threads or os.cpu_count() or 1,
     )
+    if device.type == "cpu":
+        torch.set_num_threads(s.cpu_threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
         f"gpu_check on {name}: {s.arch} {s.image_size} px, R={s.views}, batch {s.batch}, bank {s.bank}, "
@@ -464,13 +469,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     model, bank, centroids = build(s, frames, args.train_steps or (10 if q else 100))
     print(f"setup (JPEGs, SimCLR steps, bank, centroids): {time.perf_counter() - t0:.1f} s", flush=True)
     if "throughput" in args.phases:
-        phase_throughput(s, model, bank, centroids, args.seconds or (3.0 if q else 40.0))
+        phase_throughput(s, model, bank, centroids, args.seconds or (3.0 if q else 30.0))
     if "correlation" in args.phases:
         phase_correlation(s, model, bank, centroids, frames[: args.corr_images or (32 if q else 512)])
     if "pipeline" in args.phases:
         tmp = tempfile.mkdtemp(prefix="gpu-check-")
         try:
-            phase_pipeline(s, model, centroids, args.pipeline_images or (96 if q else 4096), tmp)
+            phase_pipeline(s, model, centroids, args.pipeline_images or (96 if q else 3072), tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     print(f"gpu_check done in {time.perf_counter() - t0:.1f} s", flush=True)

@@ -6,7 +6,9 @@
 #   2. the rank correlation of ECLE and proximity between the CPU (float32) and GPU (bf16) paths on the same 512
 #      images;
 #   3. SimCLR training images/s per GPU with and without Ray Train (bench/bench_train.py --gpu);
-#   4. scoring images/s through the Ray Data pipeline (score_pool, one GPU actor, reads on the other CPUs).
+#   4. scoring images/s through the Ray Data pipeline (score_pool, one GPU actor, reads on the other CPUs);
+#   5. host CPU ms per image outside the model forward: the replaced CPU path, the device path on CPU and on CUDA
+#      (bench/bench_augment.py; it reads the replaced path from tests/, present in a checkout).
 # It installs nothing beyond `pip install -e .[gpu]`, and runs that only when mak_ray is not importable.
 # Each step gets a share of the 8 minutes and is cut at it; a cut step says so and the next one runs.
 #
@@ -56,6 +58,8 @@ if ((QUICK)); then
         "$PY" -m bench.gpu_check --device cpu --quick
     step "training with and without Ray Train" 300 \
         "$PY" -m bench.bench_train --images 64 --batch 16 --epochs 2 --size 32 --width 8 --no-scaling
+    step "host CPU per image outside the forward" 300 \
+        "$PY" -m bench.bench_augment --devices cpu --images 8 --batch 4 --image-size 64 --bank 1024
     echo "== gpu_check.sh --cpu-quick: $((SECONDS - START)) s in all (no 8-minute limit applies to it)"
     exit 0
 fi
@@ -65,8 +69,10 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
     exit 1
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-step "scoring: throughput, CPU/GPU correlation, Ray Data pipeline" 355 \
+step "scoring: throughput, CPU/GPU correlation, Ray Data pipeline" 310 \
     "$PY" -m bench.gpu_check --device cuda
 step "training with and without Ray Train" 120 \
     "$PY" -m bench.bench_train --gpu --images 2048 --epochs 4
+step "host CPU per image outside the forward: replaced path, device path on CPU and CUDA" 50 \
+    "$PY" -m bench.bench_augment --devices cpu cuda --images 64 --batch 32
 echo "== gpu_check.sh: $((SECONDS - START)) s in all (limit ${TOTAL_S} s)"

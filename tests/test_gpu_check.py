@@ -36,22 +36,11 @@ def test_util_sampler_keeps_only_the_recorded_window() -> None:
 
 
 def test_quick_check_runs_on_the_cpu(capsys) -> None:
-    main(
-        [
-            "--device",
-            "cpu",
-            "--quick",
-            "--phases",
-            "throughput",
-            "correlation",
-            "--workers",
-            "1",
-            "--seconds",
-            "1",
-        ]
-    )
+    quick = ["--device", "cpu", "--quick", "--phases", "throughput", "correlation", "--workers", "1"]
+    main(quick + ["--seconds", "1", "--threads", "1", "--train-steps", "4", "--corr-images", "16"])
     out = capsys.readouterr().out
     assert "images/s on the CPU" in out and "GPU utilisation in steady state: n/a" in out
+    assert "SimCLR training, plain loop (no Ray Train)" in out
     for col in ("ecle", "proximity"):
         line = next(x for x in out.splitlines() if x.startswith(f"rank correlation of {col}"))
         rho = float(line.split(": ")[1].split()[0])
