@@ -32,9 +32,9 @@ from bench import load1
 from bench.images import jpeg_files
 from mak_ray.augment import ImageBatch, ViewParams, centre_boxes, chunk_elements, seeded_uniforms
 from mak_ray.data.decode import decode_frame, decode_image, default_decode_size
+from mak_ray.mak.ecle import BankECLE, keys_to_u64
+from mak_ray.mak.proximity import proximity
 from mak_ray.score.device import DeviceParams, DeviceScorer
-from mak_ray.select.ecle import BankECLE, keys_to_u64
-from mak_ray.select.proximity import proximity
 
 MAX_PIXELS = 50_000_000
 PROJ_DIM, FEAT_DIM = 128, 2048  # ResNet-50's head and features

@@ -225,8 +225,8 @@ def build(
     s: Setup, frames: list[np.ndarray], train_steps: int
 ) -> tuple[torch.nn.Module, np.ndarray, np.ndarray]:
     """The briefly trained model (on the CPU), the bank and the centroids (host arrays)."""
+    from mak_ray.mak.proximity import fit_centroids
     from mak_ray.models import build_model
-    from mak_ray.select.proximity import fit_centroids
 
     torch.manual_seed(0)
     model = pretrain(build_model(s.model_section()), s, frames, train_steps)
@@ -360,6 +360,7 @@ def phase_pipeline(s: Setup, model, centroids, n_images: int, tmp: str) -> None:
     import ray
 
     from mak_ray.config import config_from_dict
+    from mak_ray.layout import ShardedOutput
     from mak_ray.models import save_model
     from mak_ray.score import score_pool
 
@@ -400,7 +401,8 @@ def phase_pipeline(s: Setup, model, centroids, n_images: int, tmp: str) -> None:
     sampler = UtilSampler(gpu=s.device.index or 0).start()
     try:
         sampler.record(True)
-        summary = score_pool(cfg, model_uri, centroids, cfg.run.output_uri)
+        out = ShardedOutput(cfg.run.output_uri)
+        summary = score_pool(cfg, model_uri, centroids, out, out.file("bank.npy"))
     finally:
         sampler.stop()
         ray.shutdown()

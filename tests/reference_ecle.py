@@ -1,4 +1,4 @@
-"""The CPU bank ECLE that ``mak_ray.select.ecle.BankECLE`` replaced, kept verbatim as the oracle for tests and
+"""The CPU bank ECLE that ``mak_ray.mak.ecle.BankECLE`` replaced, kept verbatim as the oracle for tests and
 benchmarks (the device path must equal it to 1e-5 in float32 on the CPU)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mak_ray.select.ecle import bank_permutation, sample_offsets
+from mak_ray.mak.ecle import bank_permutation, sample_offsets
 
 _CHUNK_ELEMS = 4_000_000
 

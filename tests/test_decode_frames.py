@@ -18,7 +18,7 @@ from mak_ray.data.decode import (
     frames_column,
     max_frame_pixels,
 )
-from mak_ray.data.samples import bad_inputs, encode
+from tests.samples import bad_inputs, encode
 
 
 def _photo(width: int, height: int, seed: int = 0) -> Image.Image:

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from mak_ray.config import ModelSection
+from mak_ray.mak.ecle import BankECLE, keys_to_u64, window_mask
+from mak_ray.mak.proximity import proximity
 from mak_ray.models import build_model
 from mak_ray.score.device import DeviceParams, DeviceScorer, score_batch
-from mak_ray.select.ecle import BankECLE, keys_to_u64, window_mask
-from mak_ray.select.proximity import proximity
 from tests import reference_augment as ref_aug
 from tests import reference_ecle
 

@@ -7,7 +7,7 @@ actors and tests), and only the output columns come back to the host:
 - R seeded SimCLR views and the clean view are rendered there (:mod:`mak_ray.augment`);
 - the model runs under autocast (bf16 by default) with channels_last activations on CUDA, in float32 on a CPU;
 - projections and embeddings are L2-normalised, ECLE runs against the bank held on the device
-  (:class:`mak_ray.select.ecle.BankECLE`), proximity against the centroids held there;
+  (:class:`mak_ray.mak.ecle.BankECLE`), proximity against the centroids held there;
 - unusable rows (a non-finite or all-zero embedding or projection) are flagged, not dropped: every number of a
   row depends on that row alone, so flagging after the fact equals dropping before.
 
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from mak_ray.augment import ImageBatch, clean_batch, seeded_views
-from mak_ray.select.ecle import BankECLE, keys_to_u64
-from mak_ray.select.validate import as_float_array, check_nonzero_rows
+from mak_ray.mak.ecle import BankECLE, keys_to_u64
+from mak_ray.validate import as_float_array, check_nonzero_rows
 
 MODES = ("score", "embed", "bank")
 
