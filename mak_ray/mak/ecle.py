@@ -20,19 +20,19 @@ Two regimes:
   key)`` only (see ``draw_negatives``), so the value never depends on which
   samples are scored together, on sharding or on order.
 
-Implementation note (bank): for a chunk of samples (about 4M floats of
-similarities, ~16 MB, which stays cache-resident) we compute every sample
+Implementation note (bank): for a chunk of samples we compute every sample
 view against every bank view once with one GEMM whose extra column carries the
 shift ``-1/t`` (so ``exp`` never exceeds 1 for any temperature), exponentiate
 once in place, and sum each (sample, repeat) window with a batched matmul
-against a 0/1 window mask (``window_mask``, built in uint16 without a modulo).
-The window of a (sample, repeat) is shared by all R*(R-1)/2 view pairs, which
-is what makes the per-pair cost negligible.  Cost: O(N * R^2 * M * D) for the
-GEMM, which is ~70% of the time (N=2000, R=10, M=2048, D=128, one thread:
-GEMM 0.46 ms/sample near the float32 FMA peak, exp 0.1, masked sums 0.1, mask
-0.02); keep M in the low thousands.  Prefix sums over each repeat's permuted
-bank order (gather + cumsum per repeat) were measured ~100x slower than the
-masked matmul, which reads the similarity block once for all repeats.
+against a 0/1 window mask (``window_mask``).  The window of a (sample, repeat)
+is shared by all R*(R-1)/2 view pairs, which is what makes the per-pair cost
+negligible.  Cost: O(N * R^2 * M * D), dominated by the GEMM; keep M in the low
+thousands.  Prefix sums over each repeat's permuted bank order (a gather and a
+cumsum per repeat) are far slower than the masked matmul, which reads the
+similarity block once for all repeats.
+:class:`BankECLE` holds the prepared bank on a device (CPU chunks stay
+cache-resident, GPU chunks hold a whole scoring batch); only the [N] result
+comes back to the host.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_CHUNK_ELEMS = 4_000_000  # float elements of the per-chunk similarity buffer
+_CHUNK_ELEMS = 4_000_000  # float elements of the per-chunk similarity buffer on a CPU (stays cache-resident)
+_CHUNK_ELEMS_GPU = 128_000_000  # on a GPU: a whole scoring batch in one chunk, few kernel launches
 
 
 def ecle(
@@ -234,64 +235,136 @@ def draw_negatives(keys_u64: np.ndarray, bank_size: int, count: int, *, seed: in
     return perm[(start[:, None] + np.arange(count)[None, :]) % bank_size]
 
 
-def window_mask(ranks_t: np.ndarray, offsets: np.ndarray, count: int) -> np.ndarray:
+def window_index_dtype(bank_size: int) -> Any:
+    """The narrowest signed integer type that holds ``rank - offset`` in (-M, M): int16 up to M = 32767."""
+    import torch
+
+    return torch.int16 if bank_size <= 32767 else torch.int32
+
+
+def window_mask(ranks_t: Any, offsets: Any, count: int) -> Any:
     """0/1 float32 mask [n, M, repeats]: bank sample j is in sample i's window of repeat r.
 
     ``ranks_t[j, r]`` is j's position in repeat r's permutation, ``offsets[i, r]``
     the sample's start; the window is ``count`` cyclically consecutive
     positions, i.e. ``(rank - offset) mod M < count``.  Computed without a
-    modulo in the narrowest unsigned type: ``v = rank + M - offset`` lies in
-    (0, 2M), and ``min(v, v - M)`` (the subtraction wraps for v < M) is
-    ``v mod M``.
+    modulo in the narrowest signed type (:func:`window_index_dtype`; tensors must
+    come in it): ``v = rank - offset`` lies in (-M, M), adding ``M`` where the
+    sign bit is set gives ``v mod M``, and on integers ``clamp(count - v, 0, 1)``
+    is the 0/1 of ``v < count``.  Tensors in, a tensor out on their device;
+    numpy in, numpy out.
     """
+    import torch
+
+    if isinstance(ranks_t, np.ndarray):
+        dt = window_index_dtype(ranks_t.shape[0])
+        r, o = torch.from_numpy(ranks_t).to(dt), torch.from_numpy(np.asarray(offsets)).to(dt)
+        return window_mask(r, o, count).numpy()
     m = ranks_t.shape[0]
-    dt = np.uint16 if 2 * m < 2**16 else np.uint32
-    v = (ranks_t + m).astype(dt)[None, :, :] - offsets.astype(dt)[:, None, :]
-    np.minimum(v, v - dt(m), out=v)
-    return (v < count).astype(np.float32)
+    v = ranks_t[None, :, :] - offsets[:, None, :]
+    v += (v >> (torch.iinfo(v.dtype).bits - 1)) & m
+    return v.neg_().add_(count).clamp_(0, 1).to(torch.float32)
+
+
+class BankECLE:
+    """ECLE against one negative bank, prepared once on a device (CPU or GPU).
+
+    The bank (transposed, with the shift column) and every repeat's bank ranks live on the device; a call takes
+    unit projections on the device and returns the samples' ECLE there (float64 ``[N]``), so a caller can queue
+    more device work before reading it back.  Host work per call: the samples' window offsets (a hash per key
+    and repeat), one small copy.
+    """
+
+    def __init__(
+        self,
+        bank: Any,
+        *,
+        temperature: float,
+        n_neg: int,
+        repeats: int,
+        seed: int,
+        device: Any = "cpu",
+        chunk_elements: int | None = None,
+    ) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        b = torch.as_tensor(bank).to(self.device)
+        self.r_views, self.m, self.d = b.shape
+        if not 1 <= n_neg <= self.m:
+            raise ValueError(f"cannot draw {n_neg} distinct negatives from a bank of {self.m}")
+        self.t, self.n_neg, self.repeats, self.seed = float(temperature), int(n_neg), int(repeats), int(seed)
+        # the logit shift -1/t rides in the GEMM as an extra column ([z/t, -1/t] . [b, 1]),
+        # so exp() <= 1 for any temperature at no extra pass over the similarity block
+        flat = b.reshape(self.r_views * self.m, self.d)
+        self.bank_aug_t = torch.cat([flat, flat.new_ones(self.r_views * self.m, 1)], dim=1).T.contiguous()
+        # rank of each bank sample in every repeat's permutation: [M, repeats]
+        ranks_t = np.empty((self.m, self.repeats), dtype=np.int64)
+        for r in range(self.repeats):
+            ranks_t[bank_permutation(self.m, seed=self.seed, repeat=r), r] = np.arange(self.m)
+        self.index_dtype = window_index_dtype(self.m)
+        self.ranks_t = torch.from_numpy(ranks_t).to(self.device, self.index_dtype)
+        if chunk_elements is None:
+            chunk_elements = _CHUNK_ELEMS if self.device.type == "cpu" else _CHUNK_ELEMS_GPU
+        self.chunk_elements = int(chunk_elements)
+        # the view pairs (p, q), p != q, as integer indices: a boolean-mask index would read the GPU back
+        pairs = (~torch.eye(self.r_views, dtype=torch.bool)).nonzero(as_tuple=True)
+        self.pair_p, self.pair_q = (i.to(self.device) for i in pairs)
+
+    @property
+    def dtype(self) -> Any:
+        return self.bank_aug_t.dtype
+
+    def offsets(self, keys_u64: np.ndarray) -> np.ndarray:
+        """Each sample's window start in every repeat, ``[N, repeats]`` int64 (host)."""
+        return np.stack(
+            [sample_offsets(keys_u64, self.m, seed=self.seed, repeat=r) for r in range(self.repeats)], axis=1
+        )
+
+    def __call__(self, z: Any, keys_u64: np.ndarray) -> Any:
+        """ECLE ``[N]`` float64 on the device of unit projections ``z`` ``[R, N, D]`` (on the bank's device)."""
+        import torch
+
+        r_views, n, d = z.shape
+        if (r_views, d) != (self.r_views, self.d):
+            raise ValueError(
+                f"views [R, N, D] = {tuple(z.shape)} do not match the bank {self.r_views, self.m, self.d}"
+            )
+        out = torch.empty(n, dtype=torch.float64, device=z.device)
+        if n == 0:
+            return out
+        offsets = torch.from_numpy(self.offsets(keys_u64)).to(self.index_dtype)
+        if z.device.type == "cuda":
+            offsets = offsets.pin_memory().to(z.device, non_blocking=True)
+        t, m = self.t, self.m
+        chunk = max(1, min(n, self.chunk_elements // (r_views * r_views * m)))
+        n_pairs = r_views * (r_views - 1)
+        sim_buf = torch.empty(chunk * r_views, r_views * m, dtype=z.dtype, device=z.device)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            c = stop - start
+            zc = z[:, start:stop].permute(1, 0, 2).reshape(c * r_views, d)  # row i*R + p
+            za = torch.cat([zc * (1.0 / t), zc.new_full((c * r_views, 1), -1.0 / t)], dim=1)
+            x = sim_buf[: c * r_views]
+            torch.mm(za, self.bank_aug_t, out=x)  # (sim - 1) / t for every sample view x bank view
+            x.exp_()
+            w = window_mask(self.ranks_t, offsets[start:stop], self.n_neg).to(z.dtype)
+            # e[i, p, v, r]: sum of exp over sample i's repeat-r window of bank view v, anchor view p
+            e = torch.bmm(x.view(c, r_views * r_views, m), w).view(c, r_views, r_views, self.repeats).double()
+            zc3 = zc.view(c, r_views, d)
+            pos = (torch.bmm(zc3, zc3.transpose(1, 2)).double() - 1.0) / t  # [c, p, q]
+            e_pp = e.diagonal(dim1=1, dim2=2).permute(0, 2, 1)  # [c, p, r]: sum over bank view p
+            # denominator for anchor p, pair (p, q), repeat r: exp(pos) + E[p, view p] + E[p, view q]
+            denom = torch.exp(pos)[..., None] + e_pp[:, :, None, :] + e
+            loss = torch.log(denom) - pos[..., None]  # [c, p, q, r]
+            out[start:stop] = loss[:, self.pair_p, self.pair_q].sum(dim=(1, 2)) / (n_pairs * self.repeats)
+        return out
 
 
 def _ecle_bank(
     z: torch.Tensor, bank: torch.Tensor, keys_u64: np.ndarray, t: float, n_neg: int, repeats: int, seed: int
 ) -> np.ndarray:
-    import torch
-
-    r_views, n, d = z.shape
-    m = bank.shape[1]
-    # the logit shift -1/t rides in the GEMM as an extra column ([z/t, -1/t] . [b, 1]),
-    # so exp() <= 1 for any temperature at no extra pass over the similarity block
-    bank_aug = torch.cat([bank.reshape(r_views * m, d), bank.new_ones(r_views * m, 1)], dim=1)
-    bank_aug_t = bank_aug.T.contiguous()  # [D+1, R*M]; column v*M + j = bank sample j, view v
-    # rank of each bank sample in every repeat's permutation: [M, repeats]
-    ranks_t = np.empty((m, repeats), dtype=np.int64)
-    for r in range(repeats):
-        ranks_t[bank_permutation(m, seed=seed, repeat=r), r] = np.arange(m)
-    offsets = np.stack(
-        [sample_offsets(keys_u64, m, seed=seed, repeat=r) for r in range(repeats)], axis=1
-    )  # [N, repeats]
-    chunk = max(1, min(n, _CHUNK_ELEMS // (r_views * r_views * m)))
-    sim_buf = torch.empty(chunk * r_views, r_views * m, dtype=z.dtype)
-    off_diag = ~torch.eye(r_views, dtype=torch.bool)
-    n_pairs = r_views * (r_views - 1)
-    out = np.empty(n, dtype=np.float64)
-    for start in range(0, n, chunk):
-        stop = min(n, start + chunk)
-        c = stop - start
-        zc = z[:, start:stop].permute(1, 0, 2).reshape(c * r_views, d)  # row i*R + p
-        za = torch.cat([zc * (1.0 / t), zc.new_full((c * r_views, 1), -1.0 / t)], dim=1)
-        x = sim_buf[: c * r_views]
-        torch.mm(za, bank_aug_t, out=x)  # (sim - 1) / t for every sample view x bank view
-        x.exp_()
-        w = torch.from_numpy(window_mask(ranks_t, offsets[start:stop], n_neg)).to(z.dtype)
-        # e[i, p, v, r]: sum of exp over sample i's repeat-r window of bank view v, anchor view p
-        e = torch.bmm(x.view(c, r_views * r_views, m), w).view(c, r_views, r_views, repeats).double()
-        zc3 = zc.view(c, r_views, d)
-        pos = (torch.bmm(zc3, zc3.transpose(1, 2)).double() - 1.0) / t  # [c, p, q]
-        e_pp = e.diagonal(dim1=1, dim2=2).permute(0, 2, 1)  # [c, p, r]: sum over bank view p
-        # denominator for anchor p, pair (p, q), repeat r: exp(pos) + E[p, view p] + E[p, view q]
-        denom = torch.exp(pos)[..., None] + e_pp[:, :, None, :] + e
-        loss = torch.log(denom) - pos[..., None]  # [c, p, q, r]
-        out[start:stop] = (loss[:, off_diag].sum(dim=(1, 2)) / (n_pairs * repeats)).numpy()
-        if (start // chunk) % 200 == 199:
-            log.info("ecle: %d / %d samples", stop, n)
-    return out
+    engine = BankECLE(bank, temperature=t, n_neg=n_neg, repeats=repeats, seed=seed, device=z.device)
+    out = engine(z, keys_u64)
+    log.debug("ecle: %d samples against a bank of %d", z.shape[1], engine.m)
+    return out.cpu().numpy()
