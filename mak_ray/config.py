@@ -70,6 +70,8 @@ class DataSection:
     image_column: str = "image"
     label_column: str = "label"
     image_size: int = field(default=32, metadata=between(8, 1024))
+    # decoded frames keep their aspect ratio, shorter side resized to at most this; None: ceil(1.15 * image_size)
+    decode_size: int | None = field(default=None, metadata=between(8, 4096))
     max_pixels: int = field(default=50_000_000, metadata=positive())  # decompression-bomb guard
     files_per_shard: int = field(default=1000, metadata=positive())  # folder inputs are cut into shards
     # a Parquet file with more rows is cut into shards of whole row groups of about this many rows, so that
@@ -188,6 +190,8 @@ class MakConfig:
                 raise ConfigError(f"select.methods[{i}]", f"unknown method {m!r}; choose from {list(known)}")
         if self.evaluate.few_threshold > self.evaluate.many_threshold:
             raise ConfigError("evaluate.few_threshold", "must not exceed evaluate.many_threshold")
+        if self.data.decode_size is not None and self.data.decode_size < self.data.image_size:
+            raise ConfigError("data.decode_size", "must be at least data.image_size")
         if self.score.num_actors and self.score.min_actors > self.score.num_actors:
             raise ConfigError("score.min_actors", "must not exceed score.num_actors")
         out = self.run.output_uri.rstrip("/")

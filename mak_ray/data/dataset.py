@@ -5,7 +5,8 @@
 each); each read task loads its shard's members from the manifest itself. Each shard streams out in batches
 of rows:
 
-    id (str), image (uint8 [S, S, 3]; zeros when the row failed), label (str | None),
+    id (str), image (uint8 [h, w, 3] frame, see decode_frame; [1, 1, 3] zeros when the row failed),
+    label (str | None),
     error (str | None), shard (str), row (int64: position within the shard),
     shard_rows (int64: the shard's row count on its last row, 0 on every other row)
 
@@ -28,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mak_ray.config import DataSection
-from mak_ray.data.decode import decode_image
+from mak_ray.data.decode import decode_frame, default_decode_size, frames_column, max_frame_pixels
 from mak_ray.data.duplicates import id_digest
 from mak_ray.data.readers import Record, iter_records
 from mak_ray.data.sources import UNIT_COLUMNS, Shard, load_shard
@@ -40,6 +41,7 @@ DEFAULT_BATCH_ROWS = 256  # rows per yielded table (Ray joins a task's tables in
 MAX_READ_BLOCKS = 4096  # more shards than this share read tasks (sequentially), keeping driver metadata small
 
 DUPLICATE_ID = "duplicate_id"
+_FAILED_FRAME = np.zeros((1, 1, 3), dtype=np.uint8)  # the image of a failed row
 
 
 def _with_last(it: Iterator[Record]) -> Iterator[tuple[Record, bool]]:
@@ -67,7 +69,9 @@ def to_arrow(cols: dict[str, Any]) -> pa.Table:
 
     arrays = {}
     for name, v in cols.items():
-        if isinstance(v, np.ndarray) and v.ndim > 1:
+        if isinstance(v, (pa.Array, pa.ChunkedArray)):
+            arrays[name] = v
+        elif isinstance(v, np.ndarray) and v.ndim > 1:
             arrays[name] = ArrowTensorArray.from_numpy(np.ascontiguousarray(v))
         elif isinstance(v, np.ndarray) and v.dtype != object:
             arrays[name] = pa.array(v)
@@ -83,15 +87,15 @@ def read_shard(
     owners: dict[bytes, str] | None = None,
 ) -> Iterator[pa.Table]:
     """Decoded batches of one shard (see the module docstring for the columns and ``owners``)."""
-    size = data.image_size
+    decode_size = data.decode_size or default_decode_size(data.image_size)
     if batch_rows is None:
         batch_rows = DEFAULT_BATCH_ROWS
-    batch_rows = max(1, min(batch_rows, OUTPUT_BATCH_BYTES // (size * size * 3)))
+    batch_rows = max(1, min(batch_rows, OUTPUT_BATCH_BYTES // (max_frame_pixels(decode_size) * 3)))
     seen: set[str] = set()
     ids: list[str] = []
     labels: list[str | None] = []
     errors: list[str | None] = []
-    images = np.zeros((batch_rows, size, size, 3), dtype=np.uint8)
+    frames: list[np.ndarray] = []
     row = 0
     first_row = 0
     total = 0
@@ -104,7 +108,7 @@ def read_shard(
         out = to_arrow(
             {
                 "id": ids,
-                "image": images[:n].copy(),
+                "image": frames_column(frames),
                 "label": labels,
                 "error": errors,
                 "shard": [shard.shard_id] * n,
@@ -112,23 +116,21 @@ def read_shard(
                 "shard_rows": shard_rows,
             }
         )
-        ids.clear(), labels.clear(), errors.clear()
-        images[:] = 0
+        ids.clear(), labels.clear(), errors.clear(), frames.clear()
         return out
 
     foreign = owners if owners and shard.kind == "parquet" else None
     for rec, last in _with_last(iter_records(shard, data)):
-        i = len(ids)
         err = rec.error
         if rec.id in seen:
             err = DUPLICATE_ID
         elif foreign is not None and foreign.get(id_digest(rec.id), shard.shard_id) != shard.shard_id:
             err = DUPLICATE_ID
         seen.add(rec.id)
+        arr = None
         if err is None:
-            arr, err = decode_image(rec.data or b"", size, data.max_pixels)
-            if arr is not None:
-                images[i] = arr
+            arr, err = decode_frame(rec.data or b"", decode_size, data.max_pixels)
+        frames.append(arr if arr is not None else _FAILED_FRAME)
         ids.append(rec.id)
         labels.append(rec.label)
         errors.append(err)

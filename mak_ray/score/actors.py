@@ -130,19 +130,40 @@ def max_rss_bytes() -> int:
 
 
 class ModelActor:
-    """Loads the model once per actor; ``__call__`` slices a block into ``batch_size`` rows, maps each slice
-    to output columns with :meth:`columns`, and writes part files when asked to."""
+    """Loads the model once per actor onto its device (:class:`mak_ray.score.device.DeviceScorer`);
+    ``__call__`` slices a block into ``batch_size`` rows, runs the slices through the device (two in flight),
+    maps each slice's results to output columns with :meth:`columns`, and writes part files when asked to."""
 
-    def __init__(self, params: dict, write: dict | None = None) -> None:
+    MODE = ""  # the DeviceScorer mode this actor runs: "embed", "score" or "bank"
+
+    def __init__(
+        self, params: dict, write: dict | None = None, bank: Any = None, centroids: Any = None
+    ) -> None:
         import torch
 
         from mak_ray.models import load_model
+        from mak_ray.score.device import DeviceParams, DeviceScorer, pick_device
 
         self.p = ScorerParams(**params)
-        self.device = "cuda" if self.p.use_gpu and torch.cuda.is_available() else "cpu"
-        if self.device == "cpu":
+        self.device = pick_device(self.p.use_gpu)
+        if self.device.type == "cpu":
             torch.set_num_threads(1)  # fractional CPUs per actor: one intra-op thread each
-        self.model = load_model(self.p.model_uri, device=self.device)
+        self.engine = DeviceScorer(
+            load_model(self.p.model_uri, device=self.device),
+            DeviceParams(
+                image_size=self.p.image_size,
+                views=self.p.views,
+                seed=self.p.seed,
+                temperature=self.p.temperature,
+                ecle_batch_size=self.p.ecle_batch_size,
+                ecle_repeats=self.p.ecle_repeats,
+                forward_chunk=FORWARD_CHUNK,
+            ),
+            self.device,
+            bank=bank,
+            centroids=centroids,
+        )
+        self.model = self.engine.model
         self.write = None if write is None else ShardedOutput(write["out_uri"])
         self.ready_at = time.time()
         log.info("%s ready on %s, pid %d", type(self).__name__, self.device, os.getpid())
@@ -150,53 +171,34 @@ class ModelActor:
     def __call__(self, batch: dict[str, np.ndarray]):
         n = len(batch["id"])
         step = max(1, self.p.batch_size)
-        out = _concat(
-            [self._slice({k: v[s : s + step] for k, v in batch.items()}) for s in range(0, max(n, 1), step)]
+        slices = [{k: v[s : s + step] for k, v in batch.items()} for s in range(0, max(n, 1), step)]
+        errors = [np.array([text_or_none(e) for e in b["error"]], dtype=object) for b in slices]
+        usable = [self.usable(e) for e in errors]
+        results = self.engine.run(
+            ((b["image"][i], [str(k) for k in b["id"][i]]) for b, i in zip(slices, usable)), self.MODE
         )
+        out = _concat([self._slice(*args) for args in zip(slices, errors, usable, results)])
         if self.write is not None:
             from mak_ray.score.parts import write_parts
 
             out = write_parts(out, self.write, self.p.embedding_dtype, ready_at=self.ready_at)
         return to_arrow(out)
 
-    def _slice(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        errors = np.array(
-            [text_or_none(e) for e in batch["error"]], dtype=object
-        )  # rows failing here get one
+    def _slice(
+        self, batch: dict[str, np.ndarray], errors: np.ndarray, idx: np.ndarray, r: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {k: batch[k] for k in ("id", "shard", "row", "shard_rows") if k in batch}
         out["label"] = [text_or_none(v) for v in batch["label"]]
-        out["error"] = errors
-        self.columns(batch, errors, out)
+        out["error"] = errors  # rows failing here get one
+        self.columns(errors, idx, r, out)
         return out
 
-    def columns(self, batch: dict[str, np.ndarray], errors: np.ndarray, out: dict[str, Any]) -> None:
-        """Add this actor's columns to ``out``; set ``errors[i]`` for rows that fail here."""
+    def columns(
+        self, errors: np.ndarray, idx: np.ndarray, r: dict[str, np.ndarray], out: dict[str, Any]
+    ) -> None:
+        """Add this actor's columns to ``out`` from the device results ``r`` of the usable rows ``idx``; set
+        ``errors[i]`` for rows that fail here."""
         raise NotImplementedError
-
-    # ------------------------------------------------------------------------------------ model calls
-
-    def _run(self, fn, x) -> np.ndarray:
-        import torch
-
-        outs = []
-        with torch.inference_mode():
-            for s in range(0, x.shape[0], FORWARD_CHUNK):
-                outs.append(fn(x[s : s + FORWARD_CHUNK].to(self.device, non_blocking=True)).float().cpu())
-        return torch.cat(outs).numpy()
-
-    def projections(self, images: np.ndarray, keys: list[str]) -> np.ndarray:
-        """``[R, B, D]`` L2-normalised projections of the seeded views."""
-        from mak_ray.augment import seeded_views
-
-        v = seeded_views(images, keys, self.p.views, self.p.seed, self.p.image_size)
-        r, b = v.shape[:2]
-        z = self._run(self.model, v.reshape(r * b, *v.shape[2:])).reshape(r, b, -1)
-        return z / np.maximum(np.linalg.norm(z, axis=2, keepdims=True), 1e-12)
-
-    def embeddings(self, images: np.ndarray) -> np.ndarray:
-        from mak_ray.augment import clean_batch
-
-        return self._run(self.model.embed, clean_batch(images, self.p.image_size))
 
     @staticmethod
     def usable(errors: np.ndarray) -> np.ndarray:
@@ -213,59 +215,44 @@ class ModelActor:
 class Embedder(ModelActor):
     """Clean-view backbone embeddings; a row whose embedding is non-finite or zero fails."""
 
-    def columns(self, batch, errors, out) -> None:
+    MODE = "embed"
+
+    def columns(self, errors, idx, r, out) -> None:
         n = len(errors)
-        idx = self.usable(errors)
         emb = np.full((n, self.model.feature_dim), np.nan, dtype=np.float32)
-        if len(idx):
-            emb[idx] = self.embeddings(np.ascontiguousarray(batch["image"][idx]))
-            v = emb[idx]
-            bad = ~np.isfinite(v).all(axis=1) | ~(np.abs(v) > 0).any(axis=1)
-            idx = self._drop_unusable(idx, bad, errors, "unusable_embedding")
-        self.extra(batch, idx, emb, errors, out)
+        emb[idx] = r["embedding"]
+        self._drop_unusable(idx, r["bad_embedding"], errors, "unusable_embedding")
+        self.extra(errors, idx, r, out)
         emb[[e is not None for e in errors]] = np.nan
         out["embedding"] = emb.astype(self.p.embedding_dtype)
         out["max_rss"] = np.full(n, max_rss_bytes(), dtype=np.int64)
 
-    def extra(self, batch, idx: np.ndarray, emb: np.ndarray, errors: np.ndarray, out: dict[str, Any]) -> None:
-        """Columns a subclass adds from the usable rows ``idx`` and their embeddings."""
+    def extra(
+        self, errors: np.ndarray, idx: np.ndarray, r: dict[str, np.ndarray], out: dict[str, Any]
+    ) -> None:
+        """Columns a subclass adds from the device results of the usable rows ``idx``."""
 
 
 class Scorer(Embedder):
-    """Embeddings plus ECLE (against the negative bank) and proximity (to the target centroids)."""
+    """Embeddings plus ECLE (against the negative bank) and proximity (to the target centroids), computed on
+    the actor's device; a row with an unusable projection fails."""
+
+    MODE = "score"
 
     def __init__(self, params: dict, bank: Any, centroids: Any, write: dict | None = None) -> None:
-        super().__init__(params, write)
-        self.bank = np.asarray(_resolve(bank), dtype=np.float32)
-        self.centroids = np.asarray(_resolve(centroids), dtype=np.float32)
-        self.ecle_batch_size = self.p.ecle_batch_size
-        if self.bank.shape[1] < self.ecle_batch_size - 1:
-            self.ecle_batch_size = self.bank.shape[1] + 1  # a small pool: every bank sample is a negative
+        super().__init__(
+            params,
+            write,
+            bank=np.asarray(_resolve(bank), dtype=np.float32),
+            centroids=np.asarray(_resolve(centroids), dtype=np.float32),
+        )
 
-    def extra(self, batch, idx, emb, errors, out) -> None:
-        from mak_ray.mak import ecle, proximity
-
+    def extra(self, errors, idx, r, out) -> None:
+        self._drop_unusable(idx, ~r["bad_embedding"] & r["bad_projection"], errors, "unusable_projection")
         n = len(errors)
         e = np.full(n, np.nan, dtype=np.float32)
         p = np.full(n, np.nan, dtype=np.float32)
-        if len(idx):
-            keys = [str(k) for k in batch["id"][idx]]
-            z = self.projections(np.ascontiguousarray(batch["image"][idx]), keys)
-            bad = ~np.isfinite(z).all(axis=(0, 2)) | (np.linalg.norm(z, axis=2) == 0).any(axis=0)
-            keep = self._drop_unusable(idx, bad, errors, "unusable_projection")
-            sel = np.isin(idx, keep)
-            idx, z, keys = keep, z[:, sel], [k for k, s in zip(keys, sel) if s]
-        if len(idx):
-            e[idx] = ecle(
-                z,
-                self.bank,
-                temperature=self.p.temperature,
-                batch_size=self.ecle_batch_size,
-                repeats=self.p.ecle_repeats,
-                seed=self.p.seed,
-                keys=keys,
-            )
-            p[idx] = proximity(emb[idx], self.centroids)
+        e[idx], p[idx] = r["ecle"], r["proximity"]  # NaN where a row is unusable
         out["ecle"] = e
         out["proximity"] = p
 
@@ -274,16 +261,16 @@ class BankProjector(ModelActor):
     """The R seeded views' normalised projections of each usable row, ``views`` ``[n, R, D]`` (NaN for failed
     rows); it never writes."""
 
+    MODE = "bank"
+
     def __init__(self, params: dict) -> None:
         super().__init__(params, write=None)
 
-    def columns(self, batch, errors, out) -> None:
-        n = len(errors)
-        idx = self.usable(errors)
-        z = np.full((n, self.p.views, int(self.model.head[-1].out_features)), np.nan, dtype=np.float32)
-        if len(idx):
-            keys = [str(k) for k in batch["id"][idx]]
-            z[idx] = self.projections(np.ascontiguousarray(batch["image"][idx]), keys).transpose(1, 0, 2)
+    def columns(self, errors, idx, r, out) -> None:
+        z = np.full(
+            (len(errors), self.p.views, int(self.model.head[-1].out_features)), np.nan, dtype=np.float32
+        )
+        z[idx] = r["projections"].transpose(1, 0, 2)
         out["views"] = z
 
 

@@ -28,7 +28,7 @@ from mak_ray import storage
 from mak_ray.config import MakConfig, ModelSection, TrainSection
 from mak_ray.layout import TrainOutput
 from mak_ray.models import build_model, load_init_weights, model_state_bytes
-from mak_ray.train.loop import as_image_array, make_optimizer, train_step
+from mak_ray.train.loop import as_image_array, make_optimizer, prepare_model, train_step
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _train_loop(config: dict[str, Any]) -> None:
             log.info("initialised %s from %s", what, cfg.init_model)
     if section.use_gpu and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(prepare_model(model, device))  # channels_last on a GPU
     optimizer, scheduler = make_optimizer(model, section, local_batch * world, cfg.steps_per_epoch)
 
     start_epoch, history = 0, []
