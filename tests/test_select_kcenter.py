@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mak_ray.kcenter import greedy as kc
 from mak_ray.kcenter import greedy_k_center, grouped, nearest
 
 
@@ -44,10 +41,17 @@ def covering_radius(x, centers, metric) -> float:
     )
 
 
+@pytest.fixture
+def small_lazy_init(monkeypatch):
+    """Lazy init from 2,048 init points on (a 512-point subset), so that small tests exercise it."""
+    monkeypatch.setattr(grouped, "INIT_SUBSET", 512)
+    monkeypatch.setattr(grouped, "LAZY_INIT_ABOVE", 2048)
+
+
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 @pytest.mark.parametrize("n_init", [0, 40, 600, 2500])  # 2500 > LAZY_INIT_ABOVE: lazy init on numpy
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
-def test_greedy_matches_full_recompute(metric, n_init, backend):
+def test_greedy_matches_full_recompute(metric, n_init, backend, small_lazy_init):
     rng = np.random.default_rng(n_init + len(metric))
     centers = rng.normal(size=(6, 5)) * 3
     x = centers[rng.integers(0, 6, 400)] + rng.normal(size=(400, 5))
@@ -96,7 +100,7 @@ def test_grouped_loop_matches_full_pass_loop_over_many_picks(with_init):
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_lazy_init_joins_and_resolves_like_the_eager_init(metric, monkeypatch):
+def test_lazy_init_joins_and_resolves_like_the_eager_init(metric, monkeypatch, small_lazy_init):
     """Candidates far from a big init set: several joins and resolves, same picks as the eager path.
 
     The eager torch path measures every candidate against every init point and
@@ -179,19 +183,3 @@ def test_greedy_bad_input(args, kwargs, match):
 def test_zero_vectors_fine_under_euclidean():
     picks, radii = greedy_k_center(np.zeros((4, 3)), 2, metric="euclidean")
     assert picks.tolist() == [0, 1] and radii.tolist() == [0.0, 0.0]
-
-
-def test_replay_excess_matches_brute_force():
-    rng = np.random.default_rng(21)
-    x = kc.prepare_points("x", rng.normal(size=(150, 6)), "cosine")
-    init = kc.prepare_points("i", rng.normal(size=(7, 6)), "cosine")
-    centers = x[rng.choice(150, 12, replace=False)] + 0.0
-    profile2 = np.sort(rng.uniform(0.2, 1.5, size=13))[::-1]
-    excess, full_d2, margin = kc.replay_excess(x, init, None, centers, profile2)
-    d2 = ((x[:, None, :] - np.vstack([init, centers])[None]) ** 2).sum(-1)  # [n, 7 + 12]
-    after = np.stack([d2[:, : 7 + i].min(1) for i in range(13)], axis=1)  # after i centers
-    want = (after - profile2[None, :]).max(1)
-    np.testing.assert_allclose(excess, want, atol=1e-9)
-    assert math.isclose(full_d2, after[:, -1].max(), abs_tol=1e-12) and 0 < margin < 1e-9
-    _, _, state = kc.greedy_with_init_state(x, 3, init)  # reused nearest-init state: same answer
-    np.testing.assert_allclose(kc.replay_excess(x, init, state, centers, profile2)[0], want, atol=1e-9)

@@ -110,6 +110,7 @@ class TorchOps(Ops):
 
 
 def get_ops(backend: str, device: str) -> Ops:
+    """numpy on ``cpu`` with ``backend='numpy'``; torch on any other device or with ``backend='torch'``."""
     if device != "cpu" or backend == "torch":
         return TorchOps(device)
     if backend == "numpy":

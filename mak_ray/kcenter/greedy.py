@@ -2,16 +2,20 @@
 
 Two exact implementations pick the same points:
 
-- numpy (default): ``grouped.GroupedGreedy``: per-group member lists, pruned
-  updates, and a lazy init pass that measures only the candidates that can
-  matter (see that module);
-- torch (CPU or CUDA): ``_Coverage`` below.  Every point keeps its nearest
-  chosen center and the squared distance to it; a new center ``s`` can only
-  take a point ``x`` from center ``c`` if ``x`` is farther from ``c`` than a
-  threshold set by ``d(c, s)`` (triangle inequality, ``bounds.move_threshold``),
-  so one comparison per point rules most points out; then one argmax over all
-  points.  The same update replays given centers for the two-stage check
-  (``replay_excess``).
+- numpy (default, the CPU path): ``grouped.GroupedGreedy``: per-group member
+  lists, pruned updates, centers in the cells of a coarse quantiser so that a
+  pick reads only the centers near it, and a lazy init pass that measures
+  only the candidates that can matter (see that module);
+- torch (CPU or CUDA, the GPU path): ``_Coverage`` below.  Every point keeps
+  its nearest chosen center and the squared distance to it; a new center
+  ``s`` can only take a point ``x`` from center ``c`` if ``x`` is farther from
+  ``c`` than a threshold set by ``d(c, s)`` (triangle inequality,
+  ``bounds.move_threshold``), so one comparison per point rules most points
+  out; then one argmax over all points.  Each pick is a few passes over all
+  points and centers, which suits a GPU.
+
+``resolve_device`` turns the configured device (``auto``, ``cpu``, ``cuda``)
+into the one to use.
 
 Both keep a floating-point safety margin on every bound, so the picks are
 exactly those of the plain full-recompute algorithm (up to ties that rounding
@@ -57,6 +61,39 @@ def to_radius(d2: np.ndarray | float, metric: str) -> np.ndarray:
     return d2 / 2.0 if metric == "cosine" else np.sqrt(d2)
 
 
+KCENTER_DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str) -> str:
+    """The K-center device asked for (``auto``, ``cpu`` or ``cuda``) -> the one to use: ``cpu`` or ``cuda``.
+
+    ``cpu`` is the numpy path (cells, lazy init); ``cuda`` is the torch path on
+    the GPU (one pruned pass over all points per pick, which a GPU streams
+    fast).  ``auto`` is ``cuda`` when torch sees a CUDA GPU and ``cpu``
+    otherwise; asking for ``cuda`` without one is an error, not a silent
+    fallback.
+    """
+    if device not in KCENTER_DEVICES:
+        raise ValueError(f"K-center device must be one of {', '.join(KCENTER_DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    has_cuda = _cuda_available()
+    if device == "cuda" and not has_cuda:
+        raise ValueError(
+            "K-center device 'cuda' was asked for, but torch sees no CUDA GPU "
+            "(torch.cuda.is_available() is False); use 'auto' or 'cpu'"
+        )
+    return "cuda" if has_cuda else "cpu"
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
 def greedy_k_center(
     candidates: Any,
     k: int,
@@ -73,11 +110,13 @@ def greedy_k_center(
     they cover candidates but are never picked.  The radius after a pick is the
     largest distance from any candidate to its nearest chosen point (init or
     picked).  Ties go to the lowest index.  Memory is O((N + m + k) * D) plus
-    fixed-size blocks; no N x k or N x m matrix is built.  ``backend`` is
-    ``numpy`` or ``torch``; ``device='cuda'`` implies torch.  If ``stats`` is a
-    dict it receives counters for benchmarks: ``touched`` (points measured
-    against each new center) and ``init_dist_computed`` (candidate-init
-    distances computed).
+    fixed-size blocks; no N x k or N x m matrix is built.  ``device`` is
+    ``cpu``, ``cuda`` or ``auto`` (see ``resolve_device``); on ``cpu``,
+    ``backend`` picks ``numpy`` or ``torch``, and ``cuda`` implies torch.  If
+    ``stats`` is a dict it receives counters for benchmarks: ``touched``
+    (points measured against each new center), ``centers_measured`` (centers
+    measured against each new center) and ``init_dist_computed``
+    (candidate-init distances computed).
     """
     metric = check_metric(metric)
     x_np = prepare_points("candidates", candidates, metric)
@@ -88,7 +127,7 @@ def greedy_k_center(
         check_same_dim("candidates", x_np, "init", init_np)
         if len(init_np) == 0:
             init_np = None
-    ops = get_ops(backend, device)
+    ops = get_ops(backend, resolve_device(device))
     picks, d2s, counters = _farthest_first(ops, x_np, k, init_np, lazy_init=True)
     if stats is not None:
         stats.update(counters)
@@ -107,16 +146,17 @@ def _farthest_first(
     angular = on_unit_sphere(err, x_np, init_np)
     if ops.name == "numpy":
         gg = GroupedGreedy(x_np, k, init_np, err, angular=angular, init_state=init_state, lazy_init=lazy_init)
-        picks, radii2, touched = gg.run(k)
+        picks, radii2, touched, centers = gg.run(k)
         computed, state = gg.init_computed, gg.init_state
     else:
         cov = _Coverage(ops, x_np, k, init_np, err, init_state, angular)
-        picks, radii2, touched = _full_pass_loop(cov, k)
+        picks, radii2, touched, centers = _full_pass_loop(cov, k)
         computed, state = cov.init_dist_computed, (cov.init_mind2, cov.init_nearest)
     counters = {
         "n": len(x_np),
         "init_dist_computed": computed,
         "touched": np.asarray(touched, dtype=np.int64),
+        "centers_measured": np.asarray(centers, dtype=np.int64),
         "init_state": state,
     }
     return picks, radii2, counters
@@ -125,8 +165,7 @@ def _farthest_first(
 class _Coverage:
     """Each point's nearest chosen center (its group) and squared distance, with pruned updates.
 
-    Used by the torch greedy (which adds its own farthest point) and by
-    ``replay_excess`` (which adds given centers in a given order).
+    Used by the torch greedy, which adds its own farthest point each step.
     """
 
     def __init__(
@@ -198,16 +237,21 @@ class _Coverage:
         return touched, moved, old
 
 
-def _full_pass_loop(cov: _Coverage, k: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Per pick: pruned update, then an argmax over all points (used for torch tensors)."""
+def _full_pass_loop(cov: _Coverage, k: int) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
+    """Per pick: pruned update, then an argmax over all points (used for torch tensors).
+
+    Returns (picks, squared radii, points and centers measured per pick).
+    """
     ops, x, sqx, mind2 = cov.ops, cov.x, cov.sqx, cov.mind2
     picks = np.empty(k, dtype=np.int64)
     radii2 = np.empty(k, dtype=np.float64)
     touched_all: list[int] = []
+    centers_all: list[int] = []
     nxt = int(mind2.argmax())
     for i in range(k):
         s = nxt
         picks[i] = s
+        centers_all.append(cov.n_groups)
         touched, _, _ = cov.add(x[s], sqx[s])
         cov.assign[s] = cov.n_groups - 1
         mind2[s] = -1.0  # chosen: never picked again, never moves (all distances are >= 0)
@@ -216,53 +260,4 @@ def _full_pass_loop(cov: _Coverage, k: int) -> tuple[np.ndarray, np.ndarray, lis
         touched_all.append(touched)
         if i % 500 == 499:
             log.info("k-center: %d / %d picks, radius^2 %.5f", i + 1, k, radii2[i])
-    return picks, radii2, touched_all
-
-
-def greedy_with_init_state(
-    x_np: np.ndarray,
-    k: int,
-    init_np: np.ndarray | None,
-    init_state: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray | None, np.ndarray | None]]:
-    """Greedy on prepared points: (picks, squared working radii, (init mind2, nearest init)).
-
-    For the two-stage driver: the nearest-init state is returned so a later
-    ``replay_excess`` over the same points skips the init pass, and can be
-    passed back in (``init_state``) to skip it here.
-    """
-    picks, radii2, counters = _farthest_first(Ops(), x_np, k, init_np, init_state)
-    return picks, radii2, counters["init_state"]
-
-
-def replay_excess(
-    x_np: np.ndarray,
-    init_np: np.ndarray | None,
-    init_state: tuple[np.ndarray, np.ndarray] | None,
-    centers_np: np.ndarray,
-    profile2: np.ndarray,
-) -> tuple[np.ndarray, float, float]:
-    """How far the points of ``x`` exceed a greedy radius profile when its centers are replayed.
-
-    ``centers_np`` [k, D] are added in order (pruned like the greedy) on top of
-    ``init``; ``profile2[i]`` is the squared radius the greedy claimed after i
-    centers (i = 0..k).  Returns (excess per point: max over i of its squared
-    distance to init + the first i centers minus ``profile2[i]``, the largest
-    final squared distance, the rounding margin).  A point's distance is
-    constant between the steps that move it, and the profile never increases,
-    so each constant stretch only needs checking at its last step: the work is
-    O(moved points) on top of the pruned replay.
-    """
-    err = error_margin(x_np, centers_np, init_np)
-    ops = Ops()
-    angular = on_unit_sphere(err, x_np, init_np, centers_np)
-    cov = _Coverage(ops, x_np, len(centers_np), init_np, err, init_state, angular)
-    excess = np.full(cov.n, -np.inf)
-    sqc = (centers_np * centers_np).sum(1)
-    for i in range(len(centers_np)):
-        _, moved, old = cov.add(centers_np[i], sqc[i])
-        if len(moved) and np.isfinite(profile2[i]):
-            excess[moved] = np.maximum(excess[moved], old - profile2[i])  # moved is unique
-    mind2 = cov.mind2
-    np.maximum(excess, mind2 - profile2[len(centers_np)], out=excess)
-    return excess, float(mind2.max()), 4.0 * err
+    return picks, radii2, touched_all, centers_all
