@@ -13,7 +13,7 @@ target + picks, and the wall time (selection; retraining + probe). Random's expe
 composition) are printed too, since one random draw of 300 is noisy. Models, scores and per-method results are
 cached under ``--cache``, so a rerun only does what is missing.
 
-    python -m bench.bench_fidelity                       # seeds 0 1, methods random mak rarity-nn-gated0.8 rarity-gated0.8
+    python -m bench.bench_fidelity                       # seeds 0 1, methods random mak mak_gated
     python -m bench.bench_fidelity --seeds 0 1 2 --methods random mak rarity-gated0.9 tailness
     python -m bench.bench_fidelity --shares-only         # no retraining: shares of every variant
 """
@@ -32,7 +32,7 @@ from bench.fidelity_lib import Setup, probe, retrain_and_probe
 from bench.fidelity_prepare import prepare
 from bench.fidelity_select import diagnostics, selections, shares
 
-DEFAULT_METHODS = ["random", "mak", "rarity-nn-gated0.8", "rarity-gated0.8"]
+DEFAULT_METHODS = ["random", "mak", "mak_gated"]
 
 
 def run_seed(args: argparse.Namespace, setup: Setup, seed: int) -> tuple[dict, dict, dict]:

@@ -220,7 +220,9 @@ def main() -> None:
         before = hand_loop(cfg, model_uri, bank, centroids, files)
         driver_before = current_rss()  # what this process already holds (the bench's own pools, hand loop)
         with RssSampler() as rss:
-            summary = score_pool(cfg, model_uri, centroids, sharded, sharded.file("bank.npy"))
+            summary = score_pool(
+                cfg, model_uri, centroids, sharded, sharded.file("bank.npy"), targets=centroids
+            )
         assert summary["inputs"] == n == summary["scored"]
         after = hand_loop(cfg, model_uri, bank, centroids, files)
         hand = 2 / (1 / before + 1 / after)  # both loops' images over both loops' time

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from mak_ray.kcenter import greedy_k_center
-from mak_ray.mak import fit_centroids, mak_score, proximity
+from mak_ray.mak import fit_centroids, leave_one_out_nn, mak_score, proximity, quantile_of, quantile_table
+from mak_ray.select import select
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -144,6 +145,12 @@ def selections(sc: dict, k: int, seed: int) -> tuple[dict[str, np.ndarray], dict
         out[f"rarity-gated{q:g}"] = top_then_kcenter(ratio, pf, tf, k, gate)
         out[f"mak-rarity-gated{q:g}"] = top_then_kcenter(mak_score(pe, -ratio), pf, tf, k, gate)
         out[f"rarity-nn-gated{q:g}"] = top_then_kcenter(_z(pe) + _z(ratio) - 2 * _z(nn), pf, tf, k, gate)
+    # the product's method (mak_ray.select.methods, as the select stage runs it), at its default gate
+    product_gate = quantile_of(quantile_table(leave_one_out_nn(tf, seed=seed)), 0.8)
+    out["mak_gated"] = select(
+        "mak_gated", k=k, ecle=pe, embeddings=pf, target_embeddings=tf, nn=nn, gate=product_gate
+    ).index
+    th["mak_gated_gate"] = product_gate
     # ECLE referenced to the target: distance above the target's own ECLE ceiling counts against a sample
     e_hi = float(np.quantile(te, 0.99))
     ref = np.where(pe <= e_hi, pe, 2 * e_hi - pe)  # rises to the ceiling, then falls as fast

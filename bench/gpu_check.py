@@ -402,7 +402,7 @@ def phase_pipeline(s: Setup, model, centroids, n_images: int, tmp: str) -> None:
     try:
         sampler.record(True)
         out = ShardedOutput(cfg.run.output_uri)
-        summary = score_pool(cfg, model_uri, centroids, out, out.file("bank.npy"))
+        summary = score_pool(cfg, model_uri, centroids, out, out.file("bank.npy"), targets=centroids)
     finally:
         sampler.stop()
         ray.shutdown()

@@ -148,6 +148,9 @@ class SelectSection:
     budget: int = field(default=1000, metadata=positive())  # K
     core_ratio: float = field(default=1.5, metadata=at_least(1))
     loss_weight: float = field(default=0.5, metadata=between(0, 1))
+    # mak_gated keeps pool images no farther from their nearest target image than this quantile of the
+    # target's own nearest-neighbour distances (see mak_ray/mak/gate.py)
+    gate_quantile: float = field(default=0.8, metadata=between(0, 1))
     methods: list[str] = field(default_factory=lambda: ["mak", "random"])
     kcenter_shards: int = field(default=1, metadata=positive())  # >1: two-stage K-center on Ray workers
     per_shard_k: int | None = None

@@ -10,8 +10,9 @@ registry).
 config.yaml  timings.json  summary.json
 plan/<input>/      plan.json and the manifest of one input (pool, target, eval_train, eval_test)
 pretrain/          model.pt, train_metrics.json, Ray Train's run folder pretrain/pretrain/
-embed/target/      sharded output (embeddings), centroids.npy
-score/             sharded output (ecle, proximity, embeddings), bank.npy, bank.json
+embed/target/      sharded output (embeddings), centroids.npy, reference.json (the target's own distances)
+score/             sharded output (ecle, proximity, nn_distance, embeddings), bank.npy, bank.json,
+                   diagnostics.json
 select/<method>/   selection.parquet, selection.txt, summary.json (candidates/ while the stage runs)
 retrain/data/<set>/  the training rows fetched once (target, and each method's selected pool objects)
 retrain/<method>/  model.pt, train_metrics.json, Ray Train's run folder
@@ -228,12 +229,23 @@ class RunLayout:
         return self.target_embeddings.file("centroids.npy")
 
     @property
+    def target_reference(self) -> str:
+        """The target's own distance distributions (nearest-neighbour and centroid distance quantiles): what the
+        ``mak_gated`` gate and the score diagnostics compare the pool with."""
+        return self.target_embeddings.file("reference.json")
+
+    @property
     def scores(self) -> ShardedOutput:
         return ShardedOutput(self._at("score"))
 
     @property
     def bank(self) -> str:
         return self.scores.file("bank.npy")
+
+    @property
+    def diagnostics(self) -> str:
+        """Label-free figures of how far the model separates the pool from the target, and their warnings."""
+        return self.scores.file("diagnostics.json")
 
     @property
     def bank_info(self) -> str:

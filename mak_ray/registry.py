@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-METHODS: tuple[str, ...] = ("mak", "random", "tailness", "proximity", "kcenter")
-"""Selection methods: MAK and its ablations (see :mod:`mak_ray.select.methods`)."""
+METHODS: tuple[str, ...] = ("mak", "mak_gated", "random", "tailness", "proximity", "kcenter")
+"""Selection methods: MAK, its label-free gated variant, and the ablations (see :mod:`mak_ray.select.methods`)."""
 
-DIVERSE_METHODS = frozenset({"mak", "kcenter"})
+DIVERSE_METHODS = frozenset({"mak", "mak_gated", "kcenter"})
 """Methods that finish with greedy K-center over their candidates."""
 
 TARGET_ONLY = "target_only"
@@ -107,12 +107,19 @@ _SPECS = (
     StageSpec(
         "select",
         "select",
-        "MAK selection and the configured baselines (random, tailness, proximity, kcenter)",
+        "MAK selection, its gated variant and the configured baselines (random, tailness, proximity, kcenter)",
         needs=("embed_target", "score"),
         config=(
             *(
                 f"select.{f}"
-                for f in ("budget", "core_ratio", "loss_weight", "kcenter_shards", "per_shard_k")
+                for f in (
+                    "budget",
+                    "core_ratio",
+                    "loss_weight",
+                    "gate_quantile",
+                    "kcenter_shards",
+                    "per_shard_k",
+                )
             ),
             "run.seed",
         ),

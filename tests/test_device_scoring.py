@@ -9,14 +9,16 @@ import torch
 
 from mak_ray.config import ModelSection
 from mak_ray.mak.ecle import BankECLE, keys_to_u64, window_mask
+from mak_ray.mak.gate import nn_distance
 from mak_ray.mak.proximity import proximity
 from mak_ray.models import build_model
-from mak_ray.score.device import DeviceParams, DeviceScorer, score_batch
+from mak_ray.score.device import DeviceParams, DeviceScorer, nearest_similarity, score_batch
 from tests import reference_augment as ref_aug
 from tests import reference_ecle
 
 SIZE = 32
 PARAMS = DeviceParams(image_size=SIZE, views=10, seed=3, temperature=0.2, ecle_batch_size=32, ecle_repeats=4)
+TARGETS = np.random.default_rng(11).normal(size=(50, 64)).astype(np.float32)  # the target images' embeddings
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -61,7 +63,13 @@ def reference_columns(model, images, keys, bank, centroids, p: DeviceParams) -> 
         p.ecle_repeats,
         p.seed,
     )
-    return {"projections": z, "embedding": emb, "ecle": e, "proximity": proximity(emb, centroids)}
+    return {
+        "projections": z,
+        "embedding": emb,
+        "ecle": e,
+        "proximity": proximity(emb, centroids),
+        "nn_distance": nn_distance(emb, TARGETS),
+    }
 
 
 def _images(n: int, seed: int = 0, size: int = SIZE) -> np.ndarray:
@@ -73,10 +81,11 @@ def test_device_path_on_cpu_equals_the_replaced_path(model, bank_and_centroids) 
     images = _images(6)
     keys = [f"s3://pool/img-{i}.png" for i in range(6)]
     want = reference_columns(model, images, keys, bank, centroids, PARAMS)
-    scorer = DeviceScorer(model, PARAMS, "cpu", bank, centroids)
+    scorer = DeviceScorer(model, PARAMS, "cpu", bank, centroids, TARGETS)
     got = next(scorer.run([(images, keys)]))
     np.testing.assert_allclose(got["ecle"], want["ecle"], rtol=0, atol=1e-5)
     np.testing.assert_allclose(got["proximity"], want["proximity"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got["nn_distance"], want["nn_distance"], rtol=0, atol=1e-5)
     np.testing.assert_allclose(got["embedding"], want["embedding"], rtol=1e-5, atol=1e-5)
     assert not got["bad_embedding"].any() and not got["bad_projection"].any()
     assert got["ecle"].dtype == np.float64 and got["embedding"].dtype == np.float32
@@ -86,7 +95,9 @@ def test_device_path_on_cpu_equals_the_replaced_path(model, bank_and_centroids) 
     emb = next(scorer.run([(images, keys)], mode="embed"))
     np.testing.assert_allclose(emb["embedding"], want["embedding"], rtol=1e-5, atol=1e-5)
     # the one-batch function the scorer actor's step is made of
-    one = score_batch(scorer.model, scorer.stage(images), keys, scorer.bank, scorer.centroids, PARAMS)
+    one = score_batch(
+        scorer.model, scorer.stage(images), keys, scorer.bank, scorer.centroids, scorer.targets, PARAMS
+    )
     assert all(np.array_equal(one[k], got[k], equal_nan=True) for k in got)
 
 
@@ -97,14 +108,14 @@ def test_scores_independent_of_batching_and_pipelining(model, bank_and_centroids
     shapes = [(37, 49), (49, 37), (37, 37), (30, 60), (45, 40), (37, 74), (20, 25)]
     frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
     keys = [f"k{i}" for i in range(len(frames))]
-    scorer = DeviceScorer(model, PARAMS, "cpu", bank, centroids)
+    scorer = DeviceScorer(model, PARAMS, "cpu", bank, centroids, TARGETS)
     whole = next(scorer.run([(frames, keys)]))
     order = [6, 2, 0, 5, 1, 4, 3]
     parts = [order[:3], order[3:4], order[4:]]
     outs = list(scorer.run([([frames[i] for i in p], [keys[i] for i in p]) for p in parts]))
     assert len(outs) == 3
     for p, out in zip(parts, outs):
-        for col in ("ecle", "proximity"):
+        for col in ("ecle", "proximity", "nn_distance"):
             np.testing.assert_allclose(out[col], whole[col][p], rtol=0, atol=1e-6)
         np.testing.assert_allclose(out["embedding"], whole["embedding"][p], rtol=1e-5, atol=1e-6)
     assert np.isfinite(whole["ecle"]).all() and np.isfinite(whole["proximity"]).all()
@@ -133,7 +144,7 @@ def test_unusable_rows_are_flagged_and_leave_the_others_alone(model, bank_and_ce
     images[3] = 255  # white: some view stays white, its projection is NaN
     keys = [f"r{i}" for i in range(5)]
     faulty = _Faulty(model).eval()
-    got = next(DeviceScorer(faulty, PARAMS, "cpu", bank, centroids).run([(images, keys)]))
+    got = next(DeviceScorer(faulty, PARAMS, "cpu", bank, centroids, TARGETS).run([(images, keys)]))
     assert got["bad_embedding"].tolist() == [False, True, False, False, False]
     assert got["bad_projection"][3] and not got["bad_projection"][[0, 2, 4]].any()
     assert np.isnan(got["ecle"][[1, 3]]).all() and np.isnan(got["proximity"][[1, 3]]).all()
@@ -143,9 +154,17 @@ def test_unusable_rows_are_flagged_and_leave_the_others_alone(model, bank_and_ce
     np.testing.assert_allclose(got["proximity"][good], want["proximity"], rtol=0, atol=1e-5)
 
 
+def test_nearest_target_in_blocks_equals_one_matrix() -> None:
+    rng = np.random.default_rng(5)
+    u = torch.from_numpy(_unit(rng.normal(size=(9, 64))).astype(np.float32))
+    t = torch.from_numpy(_unit(TARGETS))
+    whole = (u @ t.T).amax(dim=1)
+    torch.testing.assert_close(nearest_similarity(u, t, block=7), whole, rtol=0, atol=1e-6)  # 8 blocks
+
+
 def test_empty_batch(model, bank_and_centroids) -> None:
     bank, centroids = bank_and_centroids
-    got = next(DeviceScorer(model, PARAMS, "cpu", bank, centroids).run([([], [])]))
+    got = next(DeviceScorer(model, PARAMS, "cpu", bank, centroids, TARGETS).run([([], [])]))
     assert got["ecle"].shape == (0,) and got["embedding"].shape == (0, 64)
 
 

@@ -58,7 +58,7 @@ def cfg_for(pool: str, run: str, **score):
 
 def score(cfg, model_uri, centroids) -> dict:
     out = ShardedOutput(storage.join(cfg.run.output_uri, "score"))
-    return score_pool(cfg, model_uri, centroids, out, out.file("bank.npy"))
+    return score_pool(cfg, model_uri, centroids, out, out.file("bank.npy"), targets=centroids)
 
 
 def table(run: str) -> pa.Table:

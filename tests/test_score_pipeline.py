@@ -37,7 +37,8 @@ from tests.samples import bad_inputs, good_image_bytes
 
 def score_pool(cfg, model_uri: str, centroids, out: str) -> dict:
     """The engine on a bare output folder, with the bank beside the shards as a run keeps it."""
-    return _score_pool(cfg, model_uri, centroids, ShardedOutput(out), ShardedOutput(out).file("bank.npy"))
+    sharded = ShardedOutput(out)
+    return _score_pool(cfg, model_uri, centroids, sharded, sharded.file("bank.npy"), targets=centroids)
 
 
 def embed_images(src: str, cfg, model_uri: str, out: str) -> dict:

@@ -9,7 +9,7 @@ import pytest
 from mak_ray import storage
 from mak_ray.config import load_config
 from mak_ray.layout import RunLayout
-from mak_ray.mak import ScoreStats
+from mak_ray.mak import ScoreStats, leave_one_out_nn, nn_distance, quantile_of, quantile_table
 from mak_ray.registry import METHODS
 from mak_ray.select import select
 from mak_ray.select.output import decode_line, read_selection_ids
@@ -21,16 +21,20 @@ def _emb_array(emb: np.ndarray) -> pa.Array:
 
 
 def write_run(run: str, ecle, prox, emb, error, files: int, rng) -> None:
-    """A score output in ``files`` part files (as the scorer writes them) and a target embedding output."""
+    """A score output in ``files`` part files (as the scorer writes them), a target embedding output and the
+    target's reference distances."""
     n, d = emb.shape
     ids = [f"pool-{i:04d}" for i in range(n)]
     layout = RunLayout(run)
+    target = rng.normal(size=(50, d)).astype(np.float16)
+    nn = _nn(emb, target)
     for s, rows in enumerate(np.array_split(np.arange(n), files)):
         table = pa.table(
             {
                 "id": pa.array([ids[i] for i in rows], pa.string()),
                 "ecle": pa.array(ecle[rows]),
                 "proximity": pa.array(prox[rows]),
+                "nn_distance": pa.array(nn[rows]),
                 "embedding": _emb_array(emb[rows]),
                 "label": pa.array(["c"] * len(rows), pa.string()),
                 "error": pa.array([error[i] for i in rows], pa.string()),
@@ -38,7 +42,8 @@ def write_run(run: str, ecle, prox, emb, error, files: int, rng) -> None:
             }
         )
         storage.write_parquet(table, layout.scores.part(f"s{s:02d}", "part-0.parquet"))
-    target = rng.normal(size=(50, d)).astype(np.float16)
+    loo = leave_one_out_nn(target.astype(np.float32))
+    storage.write_json(layout.target_reference, {"nn_distance": quantile_table(loo)})
     storage.write_parquet(
         pa.table(
             {
@@ -50,6 +55,16 @@ def write_run(run: str, ecle, prox, emb, error, files: int, rng) -> None:
         ),
         layout.target_embeddings.part("t", "part-0.parquet"),
     )
+
+
+def _nn(emb: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The nn_distance column as the scorer writes it (float32)."""
+    return nn_distance(emb.astype(np.float32), target.astype(np.float32)).astype(np.float32)
+
+
+def _gate(cfg) -> float:
+    table = storage.read_json(RunLayout(cfg.run.output_uri).target_reference)["nn_distance"]
+    return quantile_of(table, cfg.select.gate_quantile)
 
 
 def _pool(tmp_path, *, ties: bool = False, files: int = 3):
@@ -102,12 +117,17 @@ def test_streamed_selection_equals_in_memory(fake_run, method, ray_session):
         proximity=prox,
         embeddings=emb,
         target_embeddings=target,
+        nn=_nn(emb, target),
+        gate=_gate(cfg),
         stats=stats,
         loss_weight=0.5,
         core_ratio=1.5,
         seed=cfg.run.seed,
     )
     assert got == [str(i) for i in want.ids]
+    if method == "mak_gated":  # the gate keeps some rows and not all: both sides of the key are exercised
+        gated = _nn(emb, target) <= _gate(cfg)
+        assert 60 < gated.sum() < len(gated) and summary["gate_nn_distance"] == _gate(cfg)
     assert summary["usable_pool"] == 597 and summary["selected"] == 40
     out = RunLayout(cfg.run.output_uri).selection(method)
     table = storage.read_parquet(out.parquet)
@@ -173,6 +193,8 @@ def test_ties_refinement_and_task_count_change_nothing(tmp_path, method, one_tas
         proximity=prox,
         embeddings=emb,
         target_embeddings=target,
+        nn=_nn(emb, target),
+        gate=_gate(cfg),
         stats=ScoreStats.empty().update(ecle, prox),
         seed=cfg.run.seed,
     )

@@ -4,7 +4,8 @@ All three load the model once per actor (:class:`ModelActor`) and differ only in
 
 - :class:`Embedder`: the clean-view backbone embedding (target set, evaluation sets);
 - :class:`Scorer`: the embedding plus, from R seeded augmented views, L2-normalised projections -> ECLE against
-  the negative bank, and the embedding's proximity to the target centroids;
+  the negative bank, and the embedding's proximity to the target centroids and distance to the nearest target
+  image (``nn_distance``);
 - :class:`BankProjector`: the R views' normalised projections ``[R, D]`` per row (to build the negative bank).
 
 Every number depends only on (model, seed, row id, image): views are seeded per id, ECLE draws its negatives
@@ -137,7 +138,12 @@ class ModelActor:
     MODE = ""  # the DeviceScorer mode this actor runs: "embed", "score" or "bank"
 
     def __init__(
-        self, params: dict, write: dict | None = None, bank: Any = None, centroids: Any = None
+        self,
+        params: dict,
+        write: dict | None = None,
+        bank: Any = None,
+        centroids: Any = None,
+        targets: Any = None,
     ) -> None:
         import torch
 
@@ -162,6 +168,7 @@ class ModelActor:
             self.device,
             bank=bank,
             centroids=centroids,
+            targets=targets,
         )
         self.model = self.engine.model
         self.write = None if write is None else ShardedOutput(write["out_uri"])
@@ -234,17 +241,21 @@ class Embedder(ModelActor):
 
 
 class Scorer(Embedder):
-    """Embeddings plus ECLE (against the negative bank) and proximity (to the target centroids), computed on
+    """Embeddings plus ECLE (against the negative bank), proximity (to the target centroids) and
+    ``nn_distance`` (to the nearest target image), computed on
     the actor's device; a row with an unusable projection fails."""
 
     MODE = "score"
 
-    def __init__(self, params: dict, bank: Any, centroids: Any, write: dict | None = None) -> None:
+    def __init__(
+        self, params: dict, bank: Any, centroids: Any, targets: Any, write: dict | None = None
+    ) -> None:
         super().__init__(
             params,
             write,
             bank=np.asarray(_resolve(bank), dtype=np.float32),
             centroids=np.asarray(_resolve(centroids), dtype=np.float32),
+            targets=np.asarray(_resolve(targets), dtype=np.float32),
         )
 
     def extra(self, errors, idx, r, out) -> None:
@@ -252,9 +263,11 @@ class Scorer(Embedder):
         n = len(errors)
         e = np.full(n, np.nan, dtype=np.float32)
         p = np.full(n, np.nan, dtype=np.float32)
-        e[idx], p[idx] = r["ecle"], r["proximity"]  # NaN where a row is unusable
+        d = np.full(n, np.nan, dtype=np.float32)
+        e[idx], p[idx], d[idx] = r["ecle"], r["proximity"], r["nn_distance"]  # NaN where a row is unusable
         out["ecle"] = e
         out["proximity"] = p
+        out["nn_distance"] = d
 
 
 class BankProjector(ModelActor):

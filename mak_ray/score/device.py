@@ -33,6 +33,7 @@ from mak_ray.mak.ecle import BankECLE, keys_to_u64
 from mak_ray.validate import as_float_array, check_nonzero_rows
 
 MODES = ("score", "embed", "bank")
+TARGET_BLOCK = 65_536  # target rows per similarity block in the nearest-target distance
 
 
 @dataclass(frozen=True)
@@ -134,20 +135,22 @@ def launch_batch(
     mode: str = "score",
     bank: BankECLE | None = None,
     centroids: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
 ) -> Pending:
     """Queue one batch's device work; :meth:`Pending.result` gives its host columns.
 
-    - ``score``: ``embedding`` float32 [B, F], ``ecle`` and ``proximity`` float64 [B] (NaN where unusable),
-      ``bad_embedding`` and ``bad_projection`` bool [B];
+    - ``score``: ``embedding`` float32 [B, F], ``ecle``, ``proximity`` and ``nn_distance`` float64 [B] (NaN
+      where unusable), ``bad_embedding`` and ``bad_projection`` bool [B];
     - ``embed``: ``embedding`` and ``bad_embedding``;
     - ``bank``: ``projections`` float32 [R, B, D], unit rows.
 
-    ``model`` and ``batch`` are on one device; so are ``bank`` and ``centroids`` (unit rows) in score mode.
+    ``model`` and ``batch`` are on one device; so are ``bank``, ``centroids`` and ``targets`` (the target
+    images' embeddings; unit rows) in score mode.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
-    if mode == "score" and (bank is None or centroids is None):
-        raise ValueError("score mode needs a negative bank and target centroids")
+    if mode == "score" and (bank is None or centroids is None or targets is None):
+        raise ValueError("score mode needs a negative bank, the target centroids and the target embeddings")
     s, out = params.image_size, {}
     with torch.inference_mode():
         if mode in ("score", "embed"):
@@ -165,12 +168,24 @@ def launch_batch(
         bad_proj = _bad_projection(z)
         bad = bad_emb | bad_proj
         e = bank(torch.where(bad[None, :, None], torch.zeros_like(z), z), keys_to_u64(list(keys), len(keys)))
-        prox = 1.0 - (unit_rows(emb) @ centroids.T).amax(dim=1)
+        u = unit_rows(emb)
+        prox = 1.0 - (u @ centroids.T).amax(dim=1)
+        nn = 1.0 - nearest_similarity(u, targets)
         nan = torch.full_like(e, float("nan"))
         out["ecle"] = torch.where(bad, nan, e)
         out["proximity"] = torch.where(bad, nan, prox.double())
+        out["nn_distance"] = torch.where(bad, nan, nn.double())
         out["bad_embedding"], out["bad_projection"] = bad_emb, bad_proj
     return Pending(out)
+
+
+def nearest_similarity(u: torch.Tensor, targets: torch.Tensor, block: int = TARGET_BLOCK) -> torch.Tensor:
+    """Each unit row's largest cosine similarity to a row of ``targets``, in blocks of target rows (the
+    similarity matrix held at once is ``[B, block]``)."""
+    best = torch.full((u.shape[0],), -float("inf"), device=u.device, dtype=u.dtype)
+    for s in range(0, targets.shape[0], block):
+        best = torch.maximum(best, (u @ targets[s : s + block].T).amax(dim=1))
+    return best
 
 
 def score_batch(
@@ -179,17 +194,19 @@ def score_batch(
     keys: Sequence[str],
     bank: BankECLE,
     centroids: torch.Tensor,
+    targets: torch.Tensor,
     params: DeviceParams,
 ) -> dict[str, np.ndarray]:
     """One batch's score columns (see :func:`launch_batch`), waiting for them."""
-    return launch_batch(model, batch, keys, params, "score", bank, centroids).result()
+    return launch_batch(model, batch, keys, params, "score", bank, centroids, targets).result()
 
 
 class DeviceScorer:
-    """A scoring actor's device state: the model, the bank and the centroids on the device, and a copy stream.
+    """A scoring actor's device state: the model, the bank, the centroids and the target embeddings on the
+    device, and a copy stream.
 
-    ``bank`` ``[R, M, D]`` and ``centroids`` ``[k, F]`` are host arrays, scaled to unit rows here as the host
-    ECLE and proximity scale them; with a bank of fewer than ``ecle_batch_size - 1`` samples every bank sample
+    ``bank`` ``[R, M, D]``, ``centroids`` ``[k, F]`` and ``targets`` ``[T, F]`` are host arrays, scaled to unit
+    rows here as the host ECLE and proximity scale them; with a bank of fewer than ``ecle_batch_size - 1`` samples every bank sample
     is a negative.
     """
 
@@ -200,6 +217,7 @@ class DeviceScorer:
         device: torch.device | str,
         bank: Any = None,
         centroids: Any = None,
+        targets: Any = None,
     ) -> None:
         self.device = torch.device(device)
         self.params = params
@@ -219,6 +237,10 @@ class DeviceScorer:
         if centroids is not None:
             c = _unit_host("centroids", centroids, 2).astype(np.float32)
             self.centroids = torch.from_numpy(c).to(self.device)
+        self.targets = None
+        if targets is not None:
+            t = _unit_host("target embeddings", targets, 2).astype(np.float32)
+            self.targets = torch.from_numpy(t).to(self.device)
         cuda = self.device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(self.device) if cuda else None
         if cuda:
@@ -231,7 +253,7 @@ class DeviceScorer:
 
     def launch(self, frames: Any, keys: Sequence[str], mode: str = "score") -> Pending:
         return launch_batch(
-            self.model, self.stage(frames), keys, self.params, mode, self.bank, self.centroids
+            self.model, self.stage(frames), keys, self.params, mode, self.bank, self.centroids, self.targets
         )
 
     def run(

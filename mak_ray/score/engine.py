@@ -390,8 +390,11 @@ def score_pool(
     out: ShardedOutput,
     bank_uri: str,
     plan_dir: str | None = None,
+    *,
+    targets: np.ndarray,
 ) -> dict:
-    """Score ``cfg.data.pool`` into ``out`` (ECLE, proximity to ``centroids``, embeddings); resumable and
+    """Score ``cfg.data.pool`` into ``out`` (ECLE, proximity to ``centroids``, distance to the nearest of the
+    target embeddings ``targets``, embeddings); resumable and
     incremental. The negative bank is read from ``bank_uri`` while it belongs to this model (see
     :mod:`mak_ray.score.bank`), or drawn and written there first."""
     import ray
@@ -404,8 +407,16 @@ def score_pool(
         "params": asdict(ScorerParams.from_config(cfg, model_uri)),
         "bank": ray.put(np.ascontiguousarray(bank, dtype=np.float32)),
         "centroids": ray.put(np.ascontiguousarray(centroids, dtype=np.float32)),
+        "targets": ray.put(np.ascontiguousarray(targets, dtype=np.float32)),
     }
-    params = output_params(cfg, Scorer, model_uri, bank=digest_array(bank), centroids=digest_array(centroids))
+    params = output_params(
+        cfg,
+        Scorer,
+        model_uri,
+        bank=digest_array(bank),
+        centroids=digest_array(centroids),
+        targets=digest_array(np.ascontiguousarray(targets, dtype=np.float32)),
+    )
     return _run(cfg, plan, Scorer, ctor, out, params)
 
 

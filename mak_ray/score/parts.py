@@ -33,6 +33,9 @@ def _table(cols: dict[str, np.ndarray], emb_dtype: str) -> pa.Table:
     if "ecle" in cols:  # a scorer's output; an embedder's has the embedding only
         arrays["ecle"] = pa.array(np.asarray(cols["ecle"], np.float32), pa.float32(), mask=failed)
         arrays["proximity"] = pa.array(np.asarray(cols["proximity"], np.float32), pa.float32(), mask=failed)
+        arrays["nn_distance"] = pa.array(
+            np.asarray(cols["nn_distance"], np.float32), pa.float32(), mask=failed
+        )
     arrays["embedding"] = embedding
     arrays["label"] = pa.array([None if v is None else str(v) for v in cols["label"]], pa.string())
     arrays["error"] = pa.array([None if v is None else str(v) for v in cols["error"]], pa.string())

@@ -1,6 +1,8 @@
 """The selection methods, each one ranking key (higher first) plus K-center for the diverse ones.
 
 * ``mak``       key = the MAK score; keep the top ceil(core_ratio * K), then K-center seeded with the target;
+* ``mak_gated`` key = ECLE inside the nearest-target gate (:func:`mak_ray.mak.gate.gated_key`), the rest below
+                it; then as ``mak`` (a departure from the paper: docs/ARCHITECTURE.md, "Selection fidelity");
 * ``random``    key = a seeded uniform number per id (a hash of (seed, id): independent of order and sharding);
 * ``tailness``  key = ECLE;
 * ``proximity`` key = -proximity (nearest to the target first);
@@ -21,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from mak_ray.kcenter import greedy_k_center
-from mak_ray.mak import ScoreStats, mak_score
+from mak_ray.mak import ScoreStats, gated_key, mak_score
 from mak_ray.registry import DIVERSE_METHODS, METHODS
 from mak_ray.validate import as_float_array, check_finite, check_k
 
@@ -58,7 +60,7 @@ def candidate_count(method: str, k: int, core_ratio: float, n: int) -> int:
     """How many rows, best first by the method's key, the method looks at: the core for ``mak``, every row
     for ``kcenter``, the K picks themselves for the others."""
     check_method(method)
-    if method == "mak":
+    if method in ("mak", "mak_gated"):
         return core_size(k, core_ratio, n)
     return n if method == "kcenter" else k
 
@@ -114,13 +116,19 @@ def ranking_key(
     ecle: Any = None,
     proximity: Any = None,
     ids: Any = None,
+    nn: Any = None,
+    gate: float | None = None,
     stats: ScoreStats | None = None,
     loss_weight: float = 0.5,
     seed: int = 0,
     n: int | None = None,
 ) -> np.ndarray:
-    """The method's float64 key per row, higher first (``n``: the row count, for ``kcenter``'s constant key)."""
+    """The method's float64 key per row, higher first (``n``: the row count, for ``kcenter``'s constant key;
+    ``nn`` and ``gate``: the rows' nearest-target distances and the gate on them, for ``mak_gated``)."""
     check_method(method)
+    if method == "mak_gated":
+        _require("ecle", ecle, method), _require("nn_distance", nn, method), _require("gate", gate, method)
+        return gated_key(ecle, nn, gate)
     if method == "mak":
         _require("ecle", ecle, method), _require("proximity", proximity, method)
         return mak_score(ecle, proximity, loss_weight, stats)
@@ -177,6 +185,8 @@ def select(
     proximity: Any = None,
     embeddings: Any = None,
     target_embeddings: Any = None,
+    nn: Any = None,
+    gate: float | None = None,
     stats: ScoreStats | None = None,
     loss_weight: float = 0.5,
     core_ratio: float = 1.5,
@@ -197,6 +207,8 @@ def select(
         ecle=ecle,
         proximity=proximity,
         ids=ids,
+        nn=nn,
+        gate=gate,
         stats=stats,
         loss_weight=loss_weight,
         seed=seed,

@@ -3,7 +3,8 @@
 Rows are named by their position (file index, row in file) in the output's stable file order, which is also the
 tie-break of every ranking: ties go to the lower position. A pass returns only small, mergeable results:
 
-1. :func:`stats_pass`: z-statistics and the ranges of ECLE and proximity over the usable rows;
+1. :func:`stats_pass`: z-statistics and the ranges of ECLE, proximity and nearest-target distance over the
+   usable rows;
 2. :func:`histogram_pass`: per method, counts of keys in given bins (to find where the top ``n`` ends);
 3. :func:`candidates_pass`: per method, writes the rows at or above a key bound to a candidate Parquet file
    (with their embeddings when the method runs K-center) and returns the rows in the boundary bin.
@@ -36,6 +37,7 @@ class KeySpec:
     loss_weight: float
     seed: int
     stats: dict[str, Any]  # ScoreStats.to_dict()
+    gate: float | None = None  # mak_gated's gate on nn_distance
 
     def keys(self, table: pa.Table) -> np.ndarray:
         return ranking_key(
@@ -43,6 +45,8 @@ class KeySpec:
             ecle=table.column("ecle").to_numpy(),
             proximity=table.column("proximity").to_numpy(),
             ids=table.column("id") if "id" in table.column_names else None,
+            nn=table.column("nn_distance").to_numpy() if "nn_distance" in table.column_names else None,
+            gate=self.gate,
             stats=ScoreStats.from_dict(self.stats),
             loss_weight=self.loss_weight,
             seed=self.seed,
@@ -50,8 +54,14 @@ class KeySpec:
         )
 
     @property
-    def needs_id(self) -> bool:
-        return self.method == "random"
+    def columns(self) -> list[str]:
+        """The score output's columns this key reads."""
+        extra = {"random": ["id"], "mak_gated": ["nn_distance"]}.get(self.method, [])
+        return ["ecle", "proximity", *extra]
+
+
+def key_columns(specs: list[KeySpec]) -> list[str]:
+    return list(dict.fromkeys(c for s in specs for c in s.columns))
 
 
 def read_usable(uri: str, columns: list[str]) -> tuple[pa.Table, np.ndarray]:
@@ -75,6 +85,7 @@ class PoolStats:
     rows: int = 0
     ecle_range: tuple[float, float] = (np.inf, -np.inf)
     proximity_range: tuple[float, float] = (np.inf, -np.inf)
+    nn_range: tuple[float, float] = (np.inf, -np.inf)  # stays empty for an output without nn_distance
 
     def merge(self, other: PoolStats) -> PoolStats:
         return PoolStats(
@@ -85,6 +96,7 @@ class PoolStats:
                 min(self.proximity_range[0], other.proximity_range[0]),
                 max(self.proximity_range[1], other.proximity_range[1]),
             ),
+            (min(self.nn_range[0], other.nn_range[0]), max(self.nn_range[1], other.nn_range[1])),
         )
 
     @property
@@ -97,11 +109,16 @@ def stats_pass(files: list[str]) -> PoolStats:
     for uri in files:
         fs, path = storage.filesystem(uri)
         with fs.open_input_file(path) as f:
-            out.rows += pq.ParquetFile(f).metadata.num_rows
-        table, _ = read_usable(uri, ["ecle", "proximity"])
+            meta = pq.ParquetFile(f)
+            out.rows += meta.metadata.num_rows
+            has_nn = "nn_distance" in meta.schema_arrow.names
+        table, _ = read_usable(uri, ["ecle", "proximity"] + (["nn_distance"] if has_nn else []))
         if not table.num_rows:
             continue
         e, p = table.column("ecle").to_numpy(), table.column("proximity").to_numpy()
+        if has_nn:
+            d = table.column("nn_distance").to_numpy()
+            out.nn_range = (min(out.nn_range[0], float(d.min())), max(out.nn_range[1], float(d.max())))
         out.stats.update(e, p)
         out.ecle_range = (min(out.ecle_range[0], float(e.min())), max(out.ecle_range[1], float(e.max())))
         out.proximity_range = (
@@ -148,7 +165,7 @@ class Histogram:
 
 def histogram_pass(files: list[str], specs: list[KeySpec], edges: list[np.ndarray]) -> list[Histogram]:
     """Per method (``specs[i]``), the histogram of its keys over ``edges[i]``."""
-    columns = ["ecle", "proximity"] + (["id"] if any(s.needs_id for s in specs) else [])
+    columns = key_columns(specs)
     hists: list[Histogram | None] = [None] * len(specs)
     for uri in files:
         table, _ = read_usable(uri, columns)
@@ -212,7 +229,7 @@ def _embedding_rows(uri: str, rows: np.ndarray) -> pa.Array:
 def candidates_pass(files: list[str], first_file: int, plans: list[CandidatePlan]) -> list[Boundary]:
     """Write each method's candidate rows of these files (file indices from ``first_file``) and return each
     method's boundary rows."""
-    columns = ["id", "ecle", "proximity", "label"]
+    columns = list(dict.fromkeys(["id", "ecle", "proximity", "label", *key_columns([p.spec for p in plans])]))
     parts: list[list[pa.Table]] = [[] for _ in plans]
     bounds: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in plans]
     for offset, uri in enumerate(files):
@@ -262,7 +279,6 @@ def candidates_pass(files: list[str], first_file: int, plans: list[CandidatePlan
 
 def boundary_rows_of_file(uri: str, spec: KeySpec, lo: float, hi: float) -> np.ndarray:
     """Row numbers, in order, of one file's usable rows whose key lies in ``[lo, hi)``."""
-    columns = ["ecle", "proximity"] + (["id"] if spec.needs_id else [])
-    table, rows = read_usable(uri, columns)
+    table, rows = read_usable(uri, spec.columns)
     keys = spec.keys(table)
     return rows[(keys >= lo) & (keys < hi)]

@@ -1,4 +1,5 @@
-"""Stage ``embed_target``: clean-view embeddings of the target set and its K-means centroids."""
+"""Stage ``embed_target``: clean-view embeddings of the target set, its K-means centroids, and the target's
+own distance distributions (the reference the gate of ``mak_gated`` and the score diagnostics read)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from mak_ray.layout import RunLayout
 
 
 def run(cfg: MakConfig, layout: RunLayout) -> dict:
-    from mak_ray.mak import fit_centroids
+    from mak_ray.mak import fit_centroids, leave_one_out_nn, proximity, quantile_table
     from mak_ray.score import embed_images, load_valid_embeddings
 
     out = layout.target_embeddings
@@ -22,4 +23,14 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
         )
     centroids = fit_centroids(emb, k=cfg.score.centroids, seed=cfg.run.seed)
     storage.write_npy(layout.centroids, centroids.astype(np.float32))
+    loo = leave_one_out_nn(emb, seed=cfg.run.seed)
+    storage.write_json(
+        layout.target_reference,
+        {
+            "images": int(len(emb)),
+            "nn_queries": int(len(loo)),
+            "nn_distance": quantile_table(loo),
+            "proximity": quantile_table(proximity(emb, centroids)),
+        },
+    )
     return {"target_images": int(len(emb))}

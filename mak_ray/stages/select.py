@@ -59,7 +59,7 @@ def file_groups(files: list[str], cpus: int) -> list[tuple[int, list[str]]]:
     return [(int(a), files[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def _merged(refs: list[Any], merge: Callable[[Any, Any], Any]) -> Any:
+def merged(refs: list[Any], merge: Callable[[Any, Any], Any]) -> Any:
     """Merge task results as they finish, so the driver holds one partial result, not all of them."""
     import ray
 
@@ -77,6 +77,8 @@ def _key_range(method: str, pool: PoolStats, loss_weight: float) -> tuple[float,
     if method == "mak":
         low, high = mak_score([e_lo, e_hi], [p_hi, p_lo], loss_weight, pool.stats)
         return float(low), float(high)
+    if method == "mak_gated":  # gated rows keep their ECLE (>= 0); the rest are -1 - nn_distance
+        return min(-1.0 - pool.nn_range[1], e_lo), e_hi
     if method == "tailness":
         return e_lo, e_hi
     if method == "proximity":
@@ -102,7 +104,7 @@ def _find_cuts(
         edges = [intervals[m].edges() for m in todo]
         specs_todo = [specs[m] for m in todo]
         refs = [task.remote(files, specs_todo, edges) for _, files in groups]
-        hists = _merged(refs, lambda a, b: [x.merge(y) for x, y in zip(a, b)])
+        hists = merged(refs, lambda a, b: [x.merge(y) for x, y in zip(a, b)])
         for m, h, e in zip(todo, hists, edges):
             intervals[m] = intervals[m].narrow(h, e)
         log.info("select: histogram round %d for %s", rounds, ", ".join(todo))
@@ -166,6 +168,30 @@ def _embedding_dim(files: list[str]) -> int:
     return 0
 
 
+def gate_of(cfg: MakConfig, layout: RunLayout, pool: PoolStats) -> float:
+    """``mak_gated``'s gate: the ``select.gate_quantile`` quantile of the target's own nearest-neighbour
+    distances (written by the embed_target stage)."""
+    from mak_ray import storage
+    from mak_ray.mak import quantile_of
+
+    if not np.isfinite(pool.nn_range[1]):
+        raise ValueError(
+            "mak_gated needs the score output's nn_distance column, which this output lacks: rerun the score "
+            "stage (mak-ray pipeline --stages score)"
+        )
+    if not storage.exists(layout.target_reference):
+        raise ValueError(
+            f"mak_gated needs {layout.target_reference}: rerun the embed_target stage "
+            "(mak-ray pipeline --stages embed_target)"
+        )
+    table = storage.read_json(layout.target_reference)["nn_distance"]
+    gate = quantile_of(table, cfg.select.gate_quantile)
+    log.info(
+        "select/mak_gated: gate at nn_distance %.5f (target quantile %g)", gate, cfg.select.gate_quantile
+    )
+    return gate
+
+
 def run(cfg: MakConfig, layout: RunLayout) -> dict:
     import ray
 
@@ -185,7 +211,7 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
     files = part_files(layout.scores.root)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     groups = file_groups(files, cpus)
-    pool = _merged([ray.remote(stats_pass).remote(g) for _, g in groups], PoolStats.merge) or PoolStats()
+    pool = merged([ray.remote(stats_pass).remote(g) for _, g in groups], PoolStats.merge) or PoolStats()
     t_stats = time.perf_counter() - t0
     usable, k = pool.usable, cfg.select.budget
     if k > usable:
@@ -195,7 +221,8 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
     )
 
     t1 = time.perf_counter()
-    specs = {m: KeySpec(m, cfg.select.loss_weight, cfg.run.seed, pool.stats.to_dict()) for m in todo}
+    gate = gate_of(cfg, layout, pool) if "mak_gated" in todo else None
+    specs = {m: KeySpec(m, cfg.select.loss_weight, cfg.run.seed, pool.stats.to_dict(), gate) for m in todo}
     n_cand = {m: candidate_count(m, k, cfg.select.core_ratio, usable) for m in todo}
     dim = _embedding_dim(files)
     for m in todo:
@@ -258,6 +285,8 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
             "seconds_stats": round(t_stats, 3),
             "seconds_candidates": round(t_cand, 3),
         }
+        if m == "mak_gated":
+            head |= {"gate_quantile": cfg.select.gate_quantile, "gate_nn_distance": gate}
         gpus = 1 if spec.device == "cuda" else 0
         uris = [p.out_uri for p in plans[m]]
         finishing[m] = ray.remote(finish).options(num_gpus=gpus).remote(spec, uris, layout.selection(m), head)
