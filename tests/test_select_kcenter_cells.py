@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from mak_ray.kcenter import cells as kcells
 from mak_ray.kcenter import greedy as kc
 from mak_ray.kcenter import grouped
 from mak_ray.kcenter._backend import Ops
@@ -121,7 +122,7 @@ def test_reach_is_a_sound_bound_for_move_threshold(angular):
     """At any true distance >= reach(gmax), even the lowest computed squared distance keeps gmax below the threshold."""
     rng = np.random.default_rng(2)
     err = 1e-4
-    cells = grouped.CenterCells(np.eye(2), 1, err, angular)
+    cells = kcells.CenterCells(np.eye(2), 1, err, angular)
     gmax = np.concatenate([rng.uniform(0.0, 1.9, 4000), [0.0, 1e-6, 1.99]])
     reach = cells.reach(gmax)
     finite = np.isfinite(reach)
@@ -131,7 +132,7 @@ def test_reach_is_a_sound_bound_for_move_threshold(angular):
     thresh = move_threshold(Ops(), true2 - err, err, angular)  # computed distance err below the true one
     assert np.all(gmax[finite] < thresh)
     # and not loose: with a tiny margin the reach is twice the members' distance (half-angle / half-chord rule)
-    tiny = grouped.CenterCells(np.eye(2), 1, 1e-14, angular)
+    tiny = kcells.CenterCells(np.eye(2), 1, 1e-14, angular)
     g = rng.uniform(0.01, 1.0, 100)
     member = 2.0 * np.arcsin(np.sqrt(g) / 2.0) if angular else np.sqrt(g)
     np.testing.assert_allclose(tiny.reach(g), 2.0 * member, rtol=1e-6)
@@ -141,7 +142,7 @@ def test_reach_is_a_sound_bound_for_move_threshold(angular):
 def test_cells_nearest_matches_brute_force(monkeypatch):
     rng = np.random.default_rng(4)
     centers = clustered(3000, 8, seed=6)
-    cells = grouped.CenterCells(centers[rng.choice(3000, 60, replace=False)], 3000, 1e-9, False)
+    cells = kcells.CenterCells(centers[rng.choice(3000, 60, replace=False)], 3000, 1e-9, False)
     sqc = (centers * centers).sum(1)
     cells.add(np.arange(3000), centers, sqc)
     q = clustered(500, 8, seed=7)
@@ -152,8 +153,8 @@ def test_cells_nearest_matches_brute_force(monkeypatch):
     d2 = d2[:, among]
     # per block through the cells; all of ``among`` in one GEMM as the blocks need most of it; or as it is small
     for dense, direct in ((np.inf, 0), (0.0, 0), (np.inf, 10**9)):
-        monkeypatch.setattr(grouped, "NEAREST_DENSE", dense)
-        monkeypatch.setattr(grouped, "NEAREST_DIRECT", direct)
+        monkeypatch.setattr(kcells, "NEAREST_DENSE", dense)
+        monkeypatch.setattr(kcells, "NEAREST_DIRECT", direct)
         tight = np.full(500, np.inf) if dense == 0.0 else bound
         best, gid = cells.nearest(q, sqq, tight, centers, sqc, among)
         found = gid >= 0
