@@ -195,20 +195,18 @@ def _exif_rotated_jpeg() -> tuple[bytes, np.ndarray]:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs ImageOps.exif_transpose in mak_ray/data/decode.py (issue 17's file); remove this mark then",
-)
 def test_decode_applies_exif_orientation():
     """Issue 20, defect 7: a phone photo stored sideways is decoded upright (target, pool, evaluation alike:
     they all decode here)."""
-    from mak_ray.data.decode import decode_image
+    from mak_ray.data.decode import decode_frame, decode_image
 
     data, upright = _exif_rotated_jpeg()
     arr, err = decode_image(data, 12, 10**6)
     assert err is None
     ref, _ = decode_image(encode(Image.fromarray(upright), "PNG"), 12, 10**6)
     assert np.abs(arr.astype(int) - ref.astype(int)).mean() < 8  # JPEG noise, not a rotation
+    frame, err = decode_frame(data, 64, 10**6)  # the aspect-keeping frame of the scoring path is upright too
+    assert err is None and frame.shape[:2] == upright.shape[:2]
 
 
 def test_every_listed_entry_is_scored_failed_or_skipped(tmp_path):

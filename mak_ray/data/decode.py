@@ -28,12 +28,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 EMPTY = "empty"
 NOT_AN_IMAGE = "not_an_image"
 CORRUPT = "corrupt"
 TOO_MANY_PIXELS = "too_many_pixels"
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of how the stored pixels are rotated or mirrored
 
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -109,13 +110,20 @@ def _decode(
             if img.format == "JPEG":  # DCT-domain downscale: decode only as many pixels as the output needs
                 img.draft(img.mode, (draft, draft))
             img.load()  # first frame of GIF/APNG/TIFF; raises on truncated data
-            return shape(_to_rgb(img)), None
+            return shape(_to_rgb(_upright(img))), None
     except Image.DecompressionBombError:
         return None, TOO_MANY_PIXELS
     except UnidentifiedImageError:
         return None, NOT_AN_IMAGE
     except Exception:  # noqa: BLE001 - any decoder failure (OSError, SyntaxError, struct.error, ...) is a bad row
         return None, CORRUPT
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: a camera's EXIF orientation (rotated or mirrored storage) applied."""
+    if img.getexif().get(EXIF_ORIENTATION, 1) in (1, None):
+        return img
+    return ImageOps.exif_transpose(img)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
