@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-METHODS: tuple[str, ...] = ("mak", "mak_gated", "random", "tailness", "proximity", "kcenter")
+METHODS: tuple[str, ...] = ("mak_gated", "mak", "random", "tailness", "proximity", "kcenter")
 """Selection methods: MAK, its label-free gated variant, and the ablations (see :mod:`mak_ray.select.methods`)."""
 
 DIVERSE_METHODS = frozenset({"mak", "mak_gated", "kcenter"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import struct
+import tarfile
 import zlib
 
 import numpy as np
@@ -72,3 +73,15 @@ def bad_inputs(seed: int = 0) -> dict[str, tuple[bytes, str | None]]:
 
 def good_image_bytes(rng: np.random.Generator, fmt: str = "PNG", size: int = 24) -> bytes:
     return encode(random_image(rng, size), fmt)
+
+
+def tar_of_images(rng: np.random.Generator, keys: list[str]) -> bytes:
+    """A WebDataset-style tar: one good PNG per key (``<key>.png``)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for k in keys:
+            data = good_image_bytes(rng)
+            info = tarfile.TarInfo(f"{k}.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -3,10 +3,8 @@ params score afresh. And the bank keeps drawing until it holds bank_size usable 
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import tarfile
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +17,7 @@ from mak_ray.config import ModelSection, config_from_dict
 from mak_ray.layout import ShardedOutput
 from mak_ray.models import build_model, save_model
 from mak_ray.score import embed_images, score_pool
-from tests.samples import good_image_bytes
+from tests.samples import good_image_bytes, tar_of_images
 
 
 @pytest.fixture(scope="module")
@@ -169,17 +167,6 @@ def test_a_changed_model_redraws_the_bank(ray_session, tmp_path, model_uri):
     assert storage.read_json(info)["model"] != before["model"] and not np.array_equal(second, first)
 
 
-def _tar(rng, keys) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for k in keys:
-            data = good_image_bytes(rng)
-            info = tarfile.TarInfo(f"{k}.png")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("fmt", ["tar", "parquet"])
 def test_tar_and_parquet_pools_grow_by_their_files(ray_session, model_uri, tmp_path, fmt):
     """Embed mode (the same engine, half the actor work): one file added is one shard scored; one removed
@@ -190,7 +177,7 @@ def test_tar_and_parquet_pools_grow_by_their_files(ray_session, model_uri, tmp_p
 
     def add(k: int) -> None:
         if fmt == "tar":
-            (pool / f"t{k}.tar").write_bytes(_tar(rng, [f"k{k}-{i}" for i in range(5)]))
+            (pool / f"t{k}.tar").write_bytes(tar_of_images(rng, [f"k{k}-{i}" for i in range(5)]))
         else:
             ids = [f"p{k}-{i}" for i in range(5)]
             pq.write_table(

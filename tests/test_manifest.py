@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import tarfile
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +15,7 @@ from mak_ray import storage
 from mak_ray.config import DataSection
 from mak_ray.data import listing, names
 from mak_ray.data.manifest import input_digest, peek_input, plan_input, read_plan
-from tests.samples import good_image_bytes
+from tests.samples import good_image_bytes, tar_of_images
 
 
 def _ids(plan) -> list[str]:
@@ -33,17 +32,6 @@ def _members(plan) -> dict[str, list[str]]:
     return out
 
 
-def _tar_bytes(rng, keys: list[str]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for k in keys:
-            data = good_image_bytes(rng)
-            info = tarfile.TarInfo(f"{k}.png")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def _write_inputs(root: str, rng) -> dict[str, list[str]]:
     """A folder pool (two levels), a tar pool and a Parquet pool under ``root``; returns the relative names."""
     files = [f"c{i % 3}/sub{i % 2}/img{i:03d}.png" for i in range(60)] + [f"top{i}.jpg" for i in range(5)]
@@ -52,7 +40,9 @@ def _write_inputs(root: str, rng) -> dict[str, list[str]]:
     storage.write_bytes(storage.join(root, "folder", "notes.txt"), b"not an image")
     tars = [f"shard-{k}.tar" for k in range(3)]
     for k, t in enumerate(tars):
-        storage.write_bytes(storage.join(root, "tar", t), _tar_bytes(rng, [f"s{k}/k{i}" for i in range(4)]))
+        storage.write_bytes(
+            storage.join(root, "tar", t), tar_of_images(rng, [f"s{k}/k{i}" for i in range(4)])
+        )
     pqs = [f"part-{k}.parquet" for k in range(2)]
     for k, p in enumerate(pqs):
         buf = io.BytesIO()

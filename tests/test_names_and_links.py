@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import os
-import tarfile
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +13,7 @@ from mak_ray.config import DataSection
 from mak_ray.data import names, read_shard
 from mak_ray.data.manifest import plan_input
 from tests.plans import shards
-from tests.samples import encode, good_image_bytes, random_image
+from tests.samples import encode, good_image_bytes, random_image, tar_of_images
 
 
 def _rows(uri: str, data: DataSection | None = None) -> list[dict]:
@@ -112,17 +110,6 @@ def test_file_links_are_read_only_when_they_point_at_regular_files(tmp_path):
     assert got == {"link.png": None, "broken.png": "broken_link", "fifo.png": "not_a_regular_file"}
 
 
-def _tar(rng, keys: list[str]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for k in keys:
-            data = good_image_bytes(rng)
-            info = tarfile.TarInfo(f"{k}.png")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def test_images_beside_an_archive_are_all_scored(tmp_path):
     """Issue 20, defect 4: a folder of images with a tar beside them: both, each tar a shard."""
     pool = tmp_path / "pool"
@@ -130,7 +117,7 @@ def test_images_beside_an_archive_are_all_scored(tmp_path):
     rng = np.random.default_rng(2)
     for i in range(5):
         (pool / f"{i}.png").write_bytes(good_image_bytes(rng))
-    (pool / "images.tar").write_bytes(_tar(rng, ["a", "b", "c"]))
+    (pool / "images.tar").write_bytes(tar_of_images(rng, ["a", "b", "c"]))
     p = plan_input(str(pool), DataSection(), str(tmp_path / "p"))
     assert p.format == "images+tar" and p.kinds == {"files": 5, "tar": 1}
     ids = [r["id"] for r in _rows(str(pool))]

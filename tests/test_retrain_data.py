@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -18,7 +17,7 @@ from mak_ray.config import DataSection
 from mak_ray.data import names
 from mak_ray.data.fetch import fetch_ids, fetch_shards, read_parts
 from mak_ray.data.manifest import plan_input
-from tests.samples import good_image_bytes
+from tests.samples import good_image_bytes, tar_of_images
 
 
 @pytest.fixture
@@ -80,23 +79,12 @@ def test_selected_files_are_fetched_with_one_get_each(ray_session, s3_bucket, re
         assert img == storage.read_bytes("s3://" + names.id_to_path(rid)[1].decode())
 
 
-def _tar(rng, keys: list[str]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for k in keys:
-            data = good_image_bytes(rng)
-            info = tarfile.TarInfo(f"{k}.png")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def test_tar_members_are_read_from_their_tar_only(s3_bucket, recorded, tmp_path):
     start, made = recorded
     rng = np.random.default_rng(1)
     bucket = s3_bucket[len("s3://") :]
     for t in range(5):
-        storage.write_bytes(f"{s3_bucket}/tars/t{t}.tar", _tar(rng, [f"k{i}" for i in range(10)]))
+        storage.write_bytes(f"{s3_bucket}/tars/t{t}.tar", tar_of_images(rng, [f"k{i}" for i in range(10)]))
     tar_id = names.s3_id(bucket, "tars/t3.tar")
     rows = pa.table({"id": [f"{tar_id}#k2", f"{tar_id}#k7", f"{tar_id}#nope"]})
     start()

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from mak_ray.kcenter import greedy_k_center
-from mak_ray.mak import ScoreStats, mak_score
+from mak_ray.mak import ScoreStats, mak_score, nn_distance
 from mak_ray.registry import METHODS
 from mak_ray.select import TopN, core_size, ranking_key, select, top_positions, uniform_key
 
@@ -57,12 +57,16 @@ def test_streaming_core_with_global_stats_gives_the_same_picks(pool):
 
 
 def test_every_method_shares_the_interface(pool):
+    nn = nn_distance(pool["embeddings"], pool["target_embeddings"])
     for method in METHODS:
-        sel = select(method, k=15, seed=3, **pool)
+        gated = {"nn": nn, "gate": float(np.quantile(nn, 0.5))} if method == "mak_gated" else {}
+        sel = select(method, k=15, seed=3, **pool, **gated)
         assert sel.method == method and len(sel.ids) == 15 and len(set(sel.index.tolist())) == 15
         assert sel.scores is not None and sel.scores.shape == (15,)
     assert select("tailness", k=5, **pool).index.tolist() == np.argsort(-pool["ecle"])[:5].tolist()
     assert select("proximity", k=5, **pool).index.tolist() == np.argsort(pool["proximity"])[:5].tolist()
+    with pytest.raises(ValueError, match="needs nn_distance"):
+        select("mak_gated", k=5, **pool)
     kc = select("kcenter", k=5, **pool)
     assert kc.index.tolist() == greedy_k_center(pool["embeddings"], 5, pool["target_embeddings"])[0].tolist()
 

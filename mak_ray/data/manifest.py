@@ -367,23 +367,8 @@ def plan_input(uri: str, data: DataSection, plan_dir: str) -> Plan:
     except BaseException:
         storage.delete(staging)
         raise
-    rows = shards.column("rows")
-    plan = Plan(
-        uri=uri,
-        root=plan_dir,
-        manifest=staging,
-        parts=parts,
-        format=fmt,
-        objects=found.rows,
-        listed=found.listed,
-        shards=shards.num_rows,
-        known_rows=int(pc.sum(rows).as_py() or 0),
-        unknown_shards=rows.null_count,
-        skipped=dict(sorted(found.skipped.items())),
-        kinds=dict(sorted(found.kinds.items())),
-        digest=digest,
-        settings=settings,
-        seconds=round(time.perf_counter() - t0, 3),
+    plan = _plan_of(
+        uri, fmt, found, shards, digest, settings, t0, root=plan_dir, manifest=staging, parts=parts
     )
     storage.write_json(folder.plan, plan.to_json())
     for name in storage.list_dirs(plan_dir):
@@ -433,12 +418,26 @@ def survey_input(uri: str, data: DataSection) -> Plan:
     found = _walk(spec)
     fmt = _resolve_format(spec, found)
     _, shards = _shard_index(found)
+    settings = settings_of(data)
+    return _plan_of(uri, fmt, found, shards, _digest(uri, settings, found), settings, t0, index=shards)
+
+
+def _plan_of(
+    uri: str,
+    fmt: str,
+    found: _Listing,
+    shards: pa.Table,
+    digest: str,
+    settings: dict[str, Any],
+    t0: float,
+    **where: Any,
+) -> Plan:
+    """The plan's counts from a listing and its shard index; ``where``: its folder, manifest and parts (or,
+    for a survey, the index held in memory)."""
     rows = shards.column("rows")
     return Plan(
         uri=uri,
-        root="",
-        manifest="",
-        parts=[],
+        **{"root": "", "manifest": "", "parts": [], **where},
         format=fmt,
         objects=found.rows,
         listed=found.listed,
@@ -447,10 +446,9 @@ def survey_input(uri: str, data: DataSection) -> Plan:
         unknown_shards=rows.null_count,
         skipped=dict(sorted(found.skipped.items())),
         kinds=dict(sorted(found.kinds.items())),
-        digest=_digest(uri, settings_of(data), found),
-        settings=settings_of(data),
+        digest=digest,
+        settings=settings,
         seconds=round(time.perf_counter() - t0, 3),
-        index=shards,
     )
 
 

@@ -10,15 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from mak_ray.hashing import mix64
+
 ROUNDS = 4
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
 
 
 def _keys(seed: int) -> np.ndarray:
@@ -32,7 +26,7 @@ def _feistel(x: np.ndarray, half: int, keys: np.ndarray) -> np.ndarray:
     left, right = x >> np.uint64(half), x & mask
     with np.errstate(over="ignore"):
         for k in keys:
-            left, right = right, left ^ (_mix64(right ^ k) & mask)
+            left, right = right, left ^ (mix64(right ^ k) & mask)
     return (left << np.uint64(half)) | right
 
 

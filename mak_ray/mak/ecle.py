@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mak_ray.hashing import mix64
 from mak_ray.validate import as_float_array, check_nonzero_rows
 
 if TYPE_CHECKING:
@@ -183,14 +184,7 @@ def keys_to_u64(keys: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray:
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser (vectorised, wrapping uint64 arithmetic)."""
-    x = x.astype(np.uint64, copy=True)
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return x
+    return mix64(np.asarray(x, dtype=np.uint64))
 
 
 def _below(u: np.ndarray, bound: int) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mak_ray.hashing import mix64
 from mak_ray.kcenter import greedy_k_center
 from mak_ray.mak import ScoreStats, gated_key, mak_score
 from mak_ray.registry import DIVERSE_METHODS, METHODS
@@ -65,15 +66,6 @@ def candidate_count(method: str, k: int, core_ratio: float, n: int) -> int:
     return n if method == "kcenter" else k
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser, vectorised (uint64 arithmetic wraps)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 def uniform_key(seed: int, ids: Any) -> np.ndarray:
     """A number in [0, 1) per id that depends on (seed, id) only: FNV-1a over the id's UTF-8 bytes, seeded, then
     SplitMix64. Vectorised over the Arrow buffers: the work is one numpy pass per byte position."""
@@ -98,13 +90,13 @@ def uniform_key(seed: int, ids: Any) -> np.ndarray:
     order = np.argsort(-lens, kind="stable")  # longest first: the rows still hashing at byte j are a prefix
     starts, lens_sorted = offsets[:-1][order], lens[order]
     with np.errstate(over="ignore"):
-        h = np.full(n, _FNV_OFFSET ^ _mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF)), dtype=np.uint64)
+        h = np.full(n, _FNV_OFFSET ^ mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF)), dtype=np.uint64)
         active = n
         for j in range(int(lens_sorted[0]) if n else 0):
             while active and lens_sorted[active - 1] <= j:
                 active -= 1
             h[:active] = (h[:active] ^ data[starts[:active] + j].astype(np.uint64)) * _FNV_PRIME
-        h = _mix64(h ^ lens_sorted.astype(np.uint64))
+        h = mix64(h ^ lens_sorted.astype(np.uint64))
     out = np.empty(n, dtype=np.float64)
     out[order] = (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
     return out
