@@ -136,6 +136,36 @@ def test_unreadable_diagnostics_is_a_missing_part(tmp_path: Path) -> None:
     assert "No score diagnostics" in page and "<tr><td>mak</td>" in page
 
 
+def test_malformed_diagnostics_do_not_cost_the_report(tmp_path: Path) -> None:
+    run = str(tmp_path / "run")
+    write_fake_run(run)
+    bad = {
+        "target": [1, 2],
+        "pool": {"proximity_q": {"median": 0.1, "0.5": "x", "0.95": 0.7}},
+        "auroc": "n/a",
+        "corr_ecle_proximity": "high",
+        "ecle_by_label": {"a": 3, "c": {"mean_ecle": 1.5, "count": 7}},
+        "warnings": "one warning as a string",
+    }
+    storage.write_json(RunLayout(run).scores.file("diagnostics.json"), bad)
+    page = Path(build_report(run)).read_text()
+    d = json.loads(Path(RunLayout(run).report_file("report_data.json")).read_text())["diagnostics"]
+    assert (
+        d["warnings"] == ["one warning as a string"]
+        and "one warning as a string" in page[: page.index("<h2")]
+    )
+    assert d["pool"]["proximity_q"] == {"0.5": None, "0.95": 0.7} and d["target"] == {}
+    assert d["auroc"] is None and d["corr_ecle_proximity"] is None and "OOD AUROC" not in page
+    rows = {r["label"]: r for r in d["ecle_by_class"]}
+    assert rows["a"]["mean_ecle"] is None and rows["c"] == {
+        "label": "c",
+        "ood": False,
+        "target_count": 10,
+        "pool_count": 7,
+        "mean_ecle": 1.5,
+    }
+
+
 def test_spearman_ties_and_degenerate_input() -> None:
     assert spearman([1, 2, 3, 4], [10, 20, 20, 40]) == pytest.approx(
         spearmanr([1, 2, 3, 4], [10, 20, 20, 40]).statistic

@@ -17,6 +17,7 @@ import numpy as np
 from mak_ray.registry import STAGES
 from mak_ray.report.collect import (
     MODEL_ORDER,
+    UNLABELED,
     RunData,
     accuracy_row,
     is_ood,
@@ -56,8 +57,11 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) else None
+def _num(v: Any) -> int | float | None:
+    """``v`` when it is a finite number (ints stay ints), else ``None``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        return None
+    return v
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -81,16 +85,43 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def _quantiles(q: Any) -> dict[str, float | None]:
+    """A quantile block ``{"0.5": value}`` kept to keys that are numbers, values numbers or ``None``."""
+    out: dict[str, float | None] = {}
+    for k, v in (q if isinstance(q, dict) else {}).items():
+        try:
+            float(k)
+        except ValueError:
+            continue
+        out[str(k)] = _num(v)
+    return out
+
+
+def _numbers_block(block: Any, quantile_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A dict of numbers (``None`` where not one); ``quantile_keys`` hold quantile blocks instead."""
+    block = block if isinstance(block, dict) else {}
+    return {str(k): _quantiles(v) if k in quantile_keys else _num(v) for k, v in block.items()}
+
+
 def diagnostics_numbers(diag: dict[str, Any] | None, target_counts: dict[str, int] | None) -> dict | None:
     """The diagnostics as the report shows them: the file's numbers, the warnings as strings, and the mean
     ECLE per label beside the label's target count (target classes by count, then other labels, OOD last)."""
     if diag is None:
         return None
     out = _clean(diag)
+    quantile_keys = ("nn_distance_q", "proximity_q", "ecle_q")
+    out["target"] = _numbers_block(out.get("target"), quantile_keys)
+    out["pool"] = _numbers_block(out.get("pool"), quantile_keys)
+    out["beyond_target_p99"] = _numbers_block(out.get("beyond_target_p99"))
+    out["auroc"] = _numbers_block(out["auroc"]) if isinstance(out.get("auroc"), dict) else None
+    for key in ("proximity_spread_ratio", "corr_ecle_proximity", "corr_ecle_nn_distance"):
+        out[key] = _num(out.get(key))
     warnings = out.get("warnings")
+    if isinstance(warnings, str):
+        warnings = [warnings]
     out["warnings"] = [str(w) for w in warnings] if isinstance(warnings, list) else []
     by_label = out.get("ecle_by_label") if isinstance(out.get("ecle_by_label"), dict) else {}
-    target = {c: n for c, n in (target_counts or {}).items() if not is_ood(c)}
+    target = {c: n for c, n in (target_counts or {}).items() if c != UNLABELED and not is_ood(c)}
     others = sorted(c for c in by_label if c not in target)
     labels = (
         sorted(target, key=lambda c: (-target[c], c))
@@ -105,7 +136,7 @@ def diagnostics_numbers(diag: dict[str, Any] | None, target_counts: dict[str, in
                 "label": c,
                 "ood": is_ood(c),
                 "target_count": target.get(c),
-                "pool_count": entry.get("count"),
+                "pool_count": _num(entry.get("count")),
                 "mean_ecle": _num(entry.get("mean_ecle")),
             }
         )
