@@ -159,6 +159,7 @@ def test_tiny_preset_writes_expected_layout(tmp_path: Path) -> None:
     assert pool.column_names == ["id", "image", "label"]
     labels = pool.column("label").to_pylist()
     assert pool.num_rows == 300 and sum(lab.startswith("ood") for lab in labels) == 45
+    assert {lab for lab in labels if lab.startswith("ood")} == set(p.ood_kinds)
     ids = pool.column("id").to_pylist()
     target_ids = {Path(u).stem for u in pngs}
     assert len(set(ids)) == 300 and not target_ids & set(ids)
@@ -178,6 +179,7 @@ def test_tiny_preset_writes_expected_layout(tmp_path: Path) -> None:
         "pool": 300,
         "pool_in_distribution": 255,
         "pool_ood": 45,
+        "pool_ood_kinds": {k: labels.count(k) for k in p.ood_kinds},
         "pool_shards": 3,
         "eval_train": 200,
         "eval_test": 100,

@@ -169,13 +169,18 @@ def test_report_of_complete_run(tmp_path: Path) -> None:
     assert "Missing parts" not in page
 
     # accuracy: mak full-shot overall = (9+8+6+5)/40, few group = mean(60%, 50%); random few-shot missing
-    # a method's rows: the selection table, the select-stage table, then the accuracy table
-    assert len(re.findall(r"<tr><td>mak</td>", page)) == 3
+    # a method's rows: the selection table, the OOD-kind table, the select-stage table, the accuracy table
+    assert len(re.findall(r"<tr><td>mak</td>", page)) == 4
     acc_rows = re.findall(r"<tr><td>mak</td>(.*?)</tr>", page)
-    assert _cells(acc_rows[1])[0] == "100"  # select stage: the summary's candidate count
-    mak_acc = _cells(acc_rows[2])
+    # OOD share per kind (ood-noise, ood-texture): mak 1 noise of 10 picks, random 2 + 2, the pool 10 + 10 of 100
+    assert _cells(acc_rows[1]) == ["10.0% (1)", "0.0% (0)"]
+    random_rows = re.findall(r"<tr><td>random</td>(.*?)</tr>", page)
+    assert _cells(random_rows[1]) == ["20.0% (2)", "20.0% (2)"]
+    assert _cells(re.findall(r"<tr><td>pool \(all scored\)</td>(.*?)</tr>", page)[1]) == ["10.0% (10)"] * 2
+    assert _cells(acc_rows[2])[0] == "100"  # select stage: the summary's candidate count
+    mak_acc = _cells(acc_rows[3])
     assert mak_acc[0] == "70.00" and mak_acc[3] == "55.00"
-    random_acc = _cells(re.findall(r"<tr><td>random</td>(.*?)</tr>", page)[2])
+    random_acc = _cells(random_rows[3])
     assert random_acc[:6] != ["n/a"] * 6 and random_acc[6:] == ["n/a"] * 6
     assert "target_only (no additions)" in page
 
@@ -208,7 +213,14 @@ def test_report_of_complete_run(tmp_path: Path) -> None:
     assert data["timings"] == {"pretrain": 12.5, "embed_target": 1.0, "score": 7.25, "select": 0.5}
     assert data["missing"] == []
     assert [c["holds"] for c in data["checks"]] == [True, True, True, None]  # random has no few-shot result
-    assert "Expected outcomes" in page
+    assert {c["method"] for c in data["checks"]} == {"mak"}
+    assert [c["value"] for c in data["checks"][:2]] == [0.6, 0.1]
+    assert "Expected outcomes (mak vs random)" in page
+    assert data["ood_kinds"] == ["ood-noise", "ood-texture"]
+    assert data["selections"]["random"]["ood_kinds"]["ood-texture"] == {"count": 2, "share": 0.2}
+    assert data["pool"]["ood_kinds"]["ood-noise"] == {"count": 10, "share": 0.1}
+    # a run scored without diagnostics still gets its report, saying so
+    assert data["diagnostics"] is None and "No score diagnostics" in page and "class='warning'" not in page
 
 
 def test_report_lists_missing_parts(tmp_path: Path) -> None:

@@ -4,12 +4,15 @@ Layout under ``out_dir`` (local or ``s3://``):
 
 - ``target/<class>/<id>.png``: the long-tailed labelled target set (class = parent folder);
 - ``pool/part-NNNNN.parquet``: the open-world pool, columns ``id``, ``image`` (PNG bytes), ``label``: a seeded
-  subset of the train images left after the target, plus generated OOD images (labels ``ood-*``), shuffled.
-  Labels are there for reports only, never for selection;
+  subset of the train images left after the target, plus OOD images (labels ``ood-<kind>``), shuffled. The
+  preset's ``ood_kinds`` and ``ood_weights`` say which kinds fill the OOD share and in what proportion: mostly
+  real near-OOD images (``real_ood``: digits, faces, photo objects in the target's look), and a quarter
+  generated junk (``ood``: textures, noise, shapes). Labels are there for reports only, never for selection;
 - ``eval_train/`` and ``eval_test/``: balanced labelled Parquet sets for the linear and few-shot probes
   (``eval_train`` is drawn from the whole train split, like the paper's balanced linear-probe set, so it may
   overlap target and pool);
-- ``manifest.json``: sizes, per-class counts per split, the head-to-tail class order and the tail classes.
+- ``manifest.json``: sizes (the pool's OOD count per kind among them), per-class counts per split, the
+  head-to-tail class order and the tail classes.
   It is written last, so its presence means the demo data is complete; a rerun with the same settings
   returns it without rewriting anything.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import math
 from collections import Counter
@@ -32,12 +36,18 @@ from PIL import Image
 from mak_ray import storage
 from mak_ray.demo import fashion_mnist
 from mak_ray.demo.longtail import balanced_subset, build_split, long_tail_counts, tail_classes, tail_order
-from mak_ray.demo.ood import make_ood_images
+from mak_ray.demo.ood import OOD_KINDS, make_ood_images
+from mak_ray.demo.real_ood import REAL_OOD_KINDS
 from mak_ray.demo.synthetic import SYNTHETIC_CLASSES, make_synthetic
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+
+# The pool's OOD share: three quarters real near-OOD (the hard case for proximity), evenly over the real kinds,
+# and one quarter generated junk, evenly over the generated kinds.
+DEMO_OOD_KINDS: tuple[str, ...] = REAL_OOD_KINDS + OOD_KINDS
+DEMO_OOD_WEIGHTS: tuple[int, ...] = (3,) * len(REAL_OOD_KINDS) + (1,) * len(OOD_KINDS)
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,8 @@ class DemoPreset:
     synthetic_test_per_class: int = 1000
     shard_rows: int = 1000  # rows per Parquet shard
     budget_fraction: float = 0.1  # suggested selection budget K, relative to the target size
+    ood_kinds: tuple[str, ...] = DEMO_OOD_KINDS  # the OOD kinds in the pool (labels), from ood.ALL_OOD_KINDS
+    ood_weights: tuple[int, ...] = DEMO_OOD_WEIGHTS  # their relative shares of the pool's OOD images
 
 
 PRESETS: dict[str, DemoPreset] = {
@@ -179,11 +191,16 @@ def _write_target_pngs(uri: str, ids: list[str], images: np.ndarray, labels: lis
     log.info("wrote %d target PNG files to %s", len(ids), uri)
 
 
+def _settings(preset: DemoPreset) -> dict[str, Any]:
+    """The preset as the manifest holds it (JSON types: tuples become lists)."""
+    return json.loads(json.dumps(asdict(preset)))
+
+
 def _same_request(manifest: dict[str, Any], preset_name: str, preset: DemoPreset, seed: int) -> bool:
     return (
         manifest.get("preset") == preset_name
         and manifest.get("seed") == seed
-        and manifest.get("settings") == asdict(preset)
+        and manifest.get("settings") == _settings(preset)
     )
 
 
@@ -234,11 +251,15 @@ def make_demo_data(
     target_labels = [classes[train_y[i]] for i in target_idx]
     _write_target_pngs(storage.join(out_dir, "target"), target_ids, train_x[target_idx], target_labels)
 
-    # pool: seeded subset of the remaining train images + generated OOD images, shuffled together
+    # pool: seeded subset of the remaining train images + the preset's OOD kinds, shuffled together
     n_in, n_ood = _pool_sizes(p, len(rest_idx))
     rng = np.random.default_rng([seed, 2])
     pool_idx = np.sort(rng.choice(rest_idx, size=n_in, replace=False))
-    ood_x, ood_labels = make_ood_images(n_ood, size=train_x.shape[1], seed=seed + 7)
+    ood_x, ood_labels = make_ood_images(
+        n_ood, size=train_x.shape[1], seed=seed + 7, kinds=p.ood_kinds, weights=p.ood_weights
+    )
+    ood_counts = Counter(ood_labels)
+    ood_per_kind = {k: ood_counts[k] for k in p.ood_kinds if ood_counts[k]}
     pool_ids = [f"train-{i:05d}" for i in pool_idx] + [f"ood-{j:05d}" for j in range(n_ood)]
     pool_images = list(train_x[pool_idx]) + list(ood_x)
     pool_labels = [classes[train_y[i]] for i in pool_idx] + list(ood_labels)
@@ -275,7 +296,7 @@ def make_demo_data(
         "preset": preset,
         "seed": seed,
         "source": src["name"],
-        "settings": asdict(p),
+        "settings": _settings(p),
         "image_size": int(train_x.shape[1]),
         "channels": 1,
         "classes": list(classes),
@@ -293,6 +314,7 @@ def make_demo_data(
             "pool": len(pool_ids),
             "pool_in_distribution": n_in,
             "pool_ood": n_ood,
+            "pool_ood_kinds": ood_per_kind,
             "pool_shards": pool_shards,
             "eval_train": int(len(ev_tr)),
             "eval_test": int(len(ev_te)),
@@ -304,17 +326,22 @@ def make_demo_data(
     }
     storage.write_json(manifest_uri, manifest)
     log.info(
-        "demo %s: target %d images (%s), pool %d (%d OOD), eval_train %d, eval_test %d -> %s",
+        "demo %s: target %d images (%s), pool %d (%d OOD: %s), eval_train %d, eval_test %d -> %s",
         preset,
         len(target_ids),
         ", ".join(f"{k}={v}" for k, v in manifest["counts"]["target"].items()),
         len(pool_ids),
         n_ood,
+        _kinds_text(ood_per_kind),
         len(ev_tr),
         len(ev_te),
         out_dir,
     )
     return manifest
+
+
+def _kinds_text(per_kind: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in per_kind.items()) or "none"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     sizes = manifest["sizes"]
     print(
-        f"demo data in {args.out}: target {sizes['target']}, pool {sizes['pool']} ({sizes['pool_ood']} OOD), "
+        f"demo data in {args.out}: target {sizes['target']}, pool {sizes['pool']} ({sizes['pool_ood']} OOD: "
+        f"{_kinds_text(sizes.get('pool_ood_kinds', {}))}), "
         f"eval_train {sizes['eval_train']}, eval_test {sizes['eval_test']}; suggested budget K={manifest['suggested_budget']}"
     )
     return 0

@@ -86,14 +86,41 @@ def shapes(rng: np.random.Generator, size: int) -> np.ndarray:
 _GENERATORS = {"ood-texture": texture, "ood-noise": noise, "ood-shapes": shapes, **REAL_GENERATORS}
 
 
+def kind_schedule(n: int, kinds: tuple[str, ...], weights: tuple[int, ...] | None = None) -> list[str]:
+    """The kind of each of ``n`` images: ``kinds`` interleaved in proportion to ``weights`` (default even).
+
+    Smooth weighted round-robin: each kind's count in any prefix is within one of its weighted share, so the
+    kind of image ``i`` does not depend on ``n``; with even weights it is ``kinds[i % len(kinds)]``.
+    """
+    weights = tuple(weights) if weights is not None else (1,) * len(kinds)
+    if len(weights) != len(kinds):
+        raise ValueError(f"{len(kinds)} OOD kinds but {len(weights)} weights")
+    if any(int(w) != w or w < 1 for w in weights):
+        raise ValueError(f"OOD kind weights must be positive integers, got {weights}")
+    total = sum(weights)
+    current = [0] * len(kinds)
+    out: list[str] = []
+    for _ in range(n):
+        current = [c + w for c, w in zip(current, weights)]
+        k = max(range(len(kinds)), key=lambda j: (current[j], -j))
+        current[k] -= total
+        out.append(kinds[k])
+    return out
+
+
 def make_ood_images(
-    n: int, size: int = 28, seed: int = 0, channels: int = 1, kinds: tuple[str, ...] = OOD_KINDS
+    n: int,
+    size: int = 28,
+    seed: int = 0,
+    channels: int = 1,
+    kinds: tuple[str, ...] = OOD_KINDS,
+    weights: tuple[int, ...] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """``n`` images ``uint8 [n, size, size]`` (or ``[..., 3]`` with ``channels=3``) and their kind labels.
 
-    ``kinds`` are names from ``ALL_OOD_KINDS``; they are split as evenly as possible and interleaved, and image
-    ``i`` depends only on ``(seed, i)`` and the kinds. Generated kinds draw each channel apart; real kinds are
-    grayscale, repeated over the channels.
+    ``kinds`` are names from ``ALL_OOD_KINDS``, interleaved in proportion to ``weights`` (positive integers,
+    one per kind; default even: :func:`kind_schedule`); image ``i`` depends only on ``(seed, i)``, the kinds and
+    the weights. Generated kinds draw each channel apart; real kinds are grayscale, repeated over the channels.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -102,11 +129,10 @@ def make_ood_images(
     unknown = [k for k in kinds if k not in _GENERATORS]
     if unknown or not kinds:
         raise ValueError(f"unknown OOD kinds {unknown or kinds!r}; choose from {ALL_OOD_KINDS}")
+    schedule = kind_schedule(n, tuple(kinds), weights)
     shape = (n, size, size) if channels == 1 else (n, size, size, 3)
     images = np.zeros(shape, dtype=np.uint8)
-    labels: list[str] = []
-    for i in range(n):
-        kind = kinds[i % len(kinds)]
+    for i, kind in enumerate(schedule):
         rng = np.random.default_rng([seed, i])
         if channels == 1:
             images[i] = _GENERATORS[kind](rng, size)
@@ -115,5 +141,4 @@ def make_ood_images(
         else:
             for ch in range(3):
                 images[i, ..., ch] = _GENERATORS[kind](rng, size)
-        labels.append(kind)
-    return images, labels
+    return images, schedule

@@ -9,7 +9,10 @@ proximity of each selected id; memory is set by the batch, the sample and the se
 
 Definitions used in the report:
 
-- **OOD share** of a selection: picks whose pool label starts with ``ood`` / all picks.
+- **OOD share** of a selection: picks whose pool label starts with ``ood`` / all picks. Each OOD label is
+  one **OOD kind**; the share per kind is that kind's picks / all picks.
+- **Diagnostics**: the score stage's label-free ``score/diagnostics.json`` (does the model separate the pool
+  from the target?), read as it is; runs scored before it existed have none, and the report says so.
 - **Tail classes**: the classes in the evaluation's ``few`` group (from ``metrics.json`` or, failing that,
   the run's ``evaluate`` thresholds applied to the target counts); if that group is empty, the lower half of
   the classes by target count. **Tail share** = picks whose label is a tail class / all picks (OOD included
@@ -40,6 +43,7 @@ MODEL_ORDER = (TARGET_ONLY, *METHODS)
 SETTING_KEYS = {"full": ("full", "linear"), "few_shot": ("few_shot", "fewshot", "few-shot")}
 ACC_COLUMNS = ("overall", "many", "medium", "few", "group_std", "class_std")
 SCATTER_ROWS = 20_000
+DIAGNOSTICS = "diagnostics.json"  # written by the score stage beside its summary
 SAMPLE_SEED = 0
 
 
@@ -87,6 +91,7 @@ class RunData:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     timings: dict[str, float] | None = None
     summary: dict[str, Any] | None = None
+    diagnostics: dict[str, Any] | None = None  # score/diagnostics.json; None when the run has none
 
     def note_missing(self, what: str, uri: str, err: BaseException | None = None) -> None:
         msg = f"{what}: {uri}" + (f" ({type(err).__name__}: {err})" if err else " (not found)")
@@ -313,6 +318,20 @@ def tail_classes(data: RunData) -> tuple[list[str], str]:
     return sorted(ranked[(len(ranked) + 1) // 2 :]), "lower half of the classes by target count"
 
 
+def _read_diagnostics(data: RunData) -> None:
+    """``score/diagnostics.json`` when the score stage wrote one (older runs have none: a note, not a gap)."""
+    uri = RunLayout(data.run_uri).scores.file(DIAGNOSTICS)
+    try:
+        if not storage.exists(uri):
+            return
+        found = storage.read_json(uri)
+        if not isinstance(found, dict):
+            raise ValueError("not a JSON object")
+        data.diagnostics = found
+    except Exception as e:
+        data.note_missing("score diagnostics", uri, e)
+
+
 def collect(run_uri: str) -> RunData:
     """Read everything the report shows; never raises for missing or unreadable parts."""
     data = RunData(run_uri=run_uri)
@@ -328,6 +347,7 @@ def collect(run_uri: str) -> RunData:
     _read_target(data)
     _read_selections(data)  # and the pool, in one streamed pass
     _read_metrics(data)
+    _read_diagnostics(data)
     timings = _try_json(data, "stage timings", layout.timings)
     if isinstance(timings, dict):
         stages = timings.get("stages", timings)

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 MAX_SCATTER_POINTS = 20_000
 COLORS = {
     "mak": "#d62728",
+    "mak_gated": "#8b0000",
     "random": "#1f77b4",
     "tailness": "#2ca02c",
     "proximity": "#9467bd",
