@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--data-only", action="store_true", help="build the demo data only (the paths configs/PRESET names)"
     )
+    demo.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rebuild the demo data when its folder holds demo data made with other settings",
+    )
     demo.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
     demo.add_argument(
         "--data-out", default=None, help="where to write the demo data (default demo-data/PRESET)"
@@ -84,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 config_path=args.config,
                 overrides=args.overrides,
                 data_only=args.data_only,
+                overwrite=args.overwrite,
             )
         elif args.command == "status":
             return _status(load_config(args.config, args.overrides))
@@ -100,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mak-ray: configuration error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, StaleOutputs) as e:
+    except (FileNotFoundError, FileExistsError, StaleOutputs) as e:
         print(f"mak-ray: {e}", file=sys.stderr)
         return 3
     if result is not None:

@@ -232,7 +232,7 @@ def make_demo_data(
             return old
         raise FileExistsError(
             f"{out_dir} already holds demo data with other settings (preset {old.get('preset')!r}, "
-            f"seed {old.get('seed')!r}); pass overwrite=True (--overwrite) or choose another folder"
+            f"seed {old.get('seed')!r}); pass --overwrite (overwrite=True) or choose another folder"
         )
     if overwrite:
         for part in ("target", "pool", "eval_train", "eval_test", MANIFEST):

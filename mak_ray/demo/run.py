@@ -23,6 +23,7 @@ def run_demo(
     config_path: str | None = None,
     overrides: list[str] | None = None,
     data_only: bool = False,
+    overwrite: bool = False,
 ) -> str:
     """Build the Fashion-MNIST (or generated) demo data under ``data_out`` (default ``demo-data/PRESET``, the
     folder the preset configs name), then run the whole pipeline on it with the preset's config; returns the
@@ -36,7 +37,7 @@ def run_demo(
     from mak_ray.pipeline import run_pipeline
 
     data_out = data_out or f"demo-data/{preset}"
-    info = make_demo_data(data_out, preset, data_dir=data_dir, synthetic=synthetic)
+    info = make_demo_data(data_out, preset, data_dir=data_dir, synthetic=synthetic, overwrite=overwrite)
     if data_only:
         return data_out
     path = config_path or repo_config(f"demo-{preset}") or repo_config(preset)
