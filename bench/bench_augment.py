@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     decode_size = default_decode_size(p.image_size)
     for name in devices:
         device = torch.device(name)
-        scorer = DeviceScorer(StandInModel(p.forward_chunk), p, device, bank, centroids)
+        scorer = DeviceScorer(StandInModel(p.forward_chunk), p, device, bank, centroids, centroids)
 
         def run(bs, scorer: DeviceScorer = scorer) -> None:
             items = (([decode_frame(f, decode_size, MAX_PIXELS)[0] for f in fs], ks) for fs, ks in bs)

@@ -24,6 +24,8 @@ correlation is then the CPU under bf16 autocast), to check the script itself whe
 
     python -m bench.gpu_check --device cuda
     python -m bench.gpu_check --device cpu --quick
+
+The target centroids also stand in for the target set whose nearest image gives ``nn_distance``.
 """
 
 from __future__ import annotations
@@ -248,7 +250,7 @@ def build(
 
 
 def phase_throughput(s: Setup, model, bank, centroids, seconds: float, warmup: int = 3) -> None:
-    scorer = DeviceScorer(model, s.params(), s.device, bank, centroids)
+    scorer = DeviceScorer(model, s.params(), s.device, bank, centroids, centroids)
     n_files = len(s.files)
     batches_per_pass = n_files // s.batch
 
@@ -325,7 +327,7 @@ def phase_correlation(s: Setup, model, bank, centroids, frames: list[np.ndarray]
     threads = torch.get_num_threads()
     torch.set_num_threads(s.cpu_threads)
     t0 = time.perf_counter()
-    cpu = list(DeviceScorer(model, s.params(), "cpu", bank, centroids).run(batches))
+    cpu = list(DeviceScorer(model, s.params(), "cpu", bank, centroids, centroids).run(batches))
     print(f"  CPU float32 path: {time.perf_counter() - t0:.1f} s on {s.cpu_threads} threads", flush=True)
     torch.set_num_threads(threads)
     if s.device.type == "cpu":
@@ -338,7 +340,7 @@ def phase_correlation(s: Setup, model, bank, centroids, frames: list[np.ndarray]
     out = {}
     for label, m, params in sides:
         t0 = time.perf_counter()
-        dev = list(DeviceScorer(m, params, s.device, bank, centroids).run(batches))
+        dev = list(DeviceScorer(m, params, s.device, bank, centroids, centroids).run(batches))
         took = time.perf_counter() - t0
         for col in ("ecle", "proximity"):
             a = np.concatenate([c[col] for c in cpu])
