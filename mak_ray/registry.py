@@ -42,6 +42,9 @@ class StageSpec:
     # when only its input listing changed, a rerun keeps the finished shards that are still planned (the
     # scoring engine drops the shards no longer in the input and scores the new ones) instead of starting over
     resumes_on_new_inputs: bool = False
+    # raised when a new mak-ray version writes this stage's output with more in it or other meaning, so that
+    # outputs written before are redone; recorded in the fingerprint only from 2 on (older records lack it)
+    output_version: int = 1
 
     @property
     def command(self) -> str:
@@ -81,15 +84,19 @@ _SPECS = (
     StageSpec(
         "embed_target",
         "embed",
-        "embed the target set without augmentation and fit the K-means centroids",
+        "embed the target set without augmentation, fit the K-means centroids, and record the target's own "
+        "distance quantiles",
         needs=("pretrain",),
         needs_data=("target",),
         config=(*_READ, *_LABELS, "score.embedding_dtype", "score.centroids", "run.seed"),
+        output_version=2,  # reference.json
     ),
     StageSpec(
         "score",
         "score",
-        "stream the pool through Ray Data actors: ECLE, embedding, proximity to Parquet",
+        "stream the pool through Ray Data actors: ECLE, embedding, proximity and nearest-target distance to "
+        "Parquet, and the diagnostics",
+        output_version=2,  # nn_distance, diagnostics.json
         needs=("pretrain", "embed_target"),
         needs_data=("pool",),
         config=(

@@ -32,6 +32,7 @@ from mak_ray.registry import STAGE_SPECS, STAGES
 
 DONE, STALE, TODO = "done", "stale", "to do"
 SKIP, RESUME, RUN = "skip", "resume", "run"
+OUTPUT_VERSION = "mak-ray output version"  # the fingerprint entry of StageSpec.output_version
 
 
 class StaleOutputs(RuntimeError):
@@ -141,7 +142,10 @@ def expected_fingerprint(
     if spec.parts and part is None:
         return Fingerprint(upstream=upstream)
     inputs = {f"data.{name}": digests(getattr(cfg.data, name)) for name in spec.needs_data}
-    return Fingerprint(config_values(cfg, spec.config), upstream, inputs)
+    config = config_values(cfg, spec.config)
+    if spec.output_version > 1:
+        config[OUTPUT_VERSION] = spec.output_version
+    return Fingerprint(config, upstream, inputs)
 
 
 def assess_unit(

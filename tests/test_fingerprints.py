@@ -344,3 +344,20 @@ def test_execution_settings_do_not_invalidate(run):
     )
     pipeline.run_pipeline(cfg)
     assert fake.reset() == []
+
+
+def test_a_new_output_version_reruns_its_stage(run, monkeypatch):
+    """A mak-ray version that writes more into a stage's output (score's nn_distance) redoes older outputs."""
+    import dataclasses
+
+    fake, config, _, _ = run
+    pipeline.run_pipeline(config())
+    fake.reset()
+    spec = STAGE_SPECS["score"]
+    monkeypatch.setitem(
+        STAGE_SPECS, "score", dataclasses.replace(spec, output_version=spec.output_version + 1)
+    )
+    states = _states(config())
+    assert states["embed_target"].status == DONE and states["score"].status == STALE
+    want = f"mak-ray output version: {spec.output_version} -> {spec.output_version + 1}"
+    assert any(want in r for r in states["score"].unit.reasons), states["score"].unit.reasons
