@@ -240,7 +240,7 @@ def diagnose(cfg: MakConfig, layout: RunLayout) -> dict[str, Any]:
 
     from mak_ray.mak import quantile_of
     from mak_ray.score import part_files
-    from mak_ray.stages.select import file_groups, merged
+    from mak_ray.score.outputs import file_groups, merged
 
     reference = storage.read_json(layout.target_reference) if storage.exists(layout.target_reference) else {}
     p99 = {c: quantile_of(reference[c], 0.99) for c in ("proximity", "nn_distance") if c in reference}

@@ -1,12 +1,12 @@
-"""Streaming readers of a score/embed output, so no process ever holds the whole pool's embeddings.
-
-The select stage makes one pass over the small columns (id, ecle, proximity, error) for the z-score
-statistics and the top candidates, then loads the embeddings of the candidates only.
-"""
+"""Streaming readers of a score/embed output, so no process ever holds the whole pool's embeddings, and the
+grouping of its part files into Ray tasks whose small results the driver merges as they finish (the select
+stage's passes and the score diagnostics)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -93,3 +93,32 @@ def load_valid_embeddings(out_uri: str, with_ids: bool = False):
         return emb
     order = np.argsort(np.array(ids, dtype=object), kind="stable") if ids else np.zeros(0, dtype=np.int64)
     return [ids[i] for i in order], [labels[i] for i in order], emb[order]
+
+
+# ------------------------------------------------------------------------------------------- tasks
+
+FILES_PER_TASK = 64
+TASKS_PER_CPU = 2
+
+
+def file_groups(files: list[str], cpus: int) -> list[tuple[int, list[str]]]:
+    """Consecutive runs of part files, one per task: ``(index of the first file, files)``; enough runs to keep
+    every CPU busy, none longer than ``FILES_PER_TASK``."""
+    if not files:
+        return []
+    n = min(len(files), max(TASKS_PER_CPU * cpus, math.ceil(len(files) / FILES_PER_TASK)))
+    bounds = np.linspace(0, len(files), n + 1).astype(int)
+    return [(int(a), files[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def merged(refs: list[Any], merge: Callable[[Any, Any], Any]) -> Any:
+    """Merge task results as they finish, so the driver holds one partial result, not all of them."""
+    import ray
+
+    acc = None
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        part = ray.get(ready[0])
+        acc = part if acc is None else merge(acc, part)
+    return acc

@@ -18,9 +18,7 @@ Each method's ``summary.json`` gives the seconds of each phase and the candidate
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,6 +28,7 @@ from mak_ray.layout import RunLayout, done, mark_done, read_done
 from mak_ray.mak import mak_score
 from mak_ray.registry import DIVERSE_METHODS
 from mak_ray.score import part_files
+from mak_ray.score.outputs import file_groups, merged
 from mak_ray.select import candidate_count
 from mak_ray.select import cut as cuts
 from mak_ray.select.finish import FinishSpec, finish
@@ -44,32 +43,6 @@ from mak_ray.select.passes import (
 )
 
 log = logging.getLogger(__name__)
-
-FILES_PER_TASK = 64
-TASKS_PER_CPU = 2
-
-
-def file_groups(files: list[str], cpus: int) -> list[tuple[int, list[str]]]:
-    """Consecutive runs of part files, one per task: ``(index of the first file, files)``; enough runs to keep
-    every CPU busy, none longer than ``FILES_PER_TASK``."""
-    if not files:
-        return []
-    n = min(len(files), max(TASKS_PER_CPU * cpus, math.ceil(len(files) / FILES_PER_TASK)))
-    bounds = np.linspace(0, len(files), n + 1).astype(int)
-    return [(int(a), files[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-
-
-def merged(refs: list[Any], merge: Callable[[Any, Any], Any]) -> Any:
-    """Merge task results as they finish, so the driver holds one partial result, not all of them."""
-    import ray
-
-    acc = None
-    pending = list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        part = ray.get(ready[0])
-        acc = part if acc is None else merge(acc, part)
-    return acc
 
 
 def _key_range(method: str, pool: PoolStats, loss_weight: float) -> tuple[float, float]:
