@@ -257,6 +257,18 @@ def seed_score_inputs(root: str, pool: str) -> list[str]:
         np.random.default_rng(0).standard_normal((cfg.score.centroids, model.feature_dim)).astype(np.float32)
     )
     storage.write_npy(layout.centroids, centroids)
+    target = np.random.default_rng(1).standard_normal((20, model.feature_dim)).astype(np.float16)
+    storage.write_parquet(
+        pa.table(
+            {
+                "id": [f"t{i}" for i in range(20)],
+                "label": ["c"] * 20,
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(target.ravel()), model.feature_dim),
+                "error": pa.array([None] * 20, pa.string()),
+            }
+        ),
+        layout.target_embeddings.part("t", "part-0.parquet"),
+    )
     record_done(cfg, "embed_target")
     return overrides
 

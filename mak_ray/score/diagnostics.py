@@ -70,6 +70,10 @@ class Tally:
 
     def add(self, table: pa.Table, p99: dict[str, float]) -> None:
         v = {c: table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in COLUMNS}
+        finite = np.logical_and.reduce([np.isfinite(x) for x in v.values()])
+        if not finite.all():  # a usable row has finite scores; anything else is left out of every figure
+            table = table.filter(pa.array(finite))
+            v = {c: x[finite] for c, x in v.items()}
         labels = (
             table.column("label").to_pylist() if "label" in table.column_names else [None] * len(v["ecle"])
         )

@@ -14,6 +14,10 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
 
     centroids = storage.read_npy(layout.centroids)
     targets = load_valid_embeddings(layout.target_embeddings.root)
+    if len(targets) == 0:
+        raise ValueError(
+            f"no usable target embeddings under {layout.target_embeddings.root}: rerun the embed_target stage"
+        )
     summary = score_pool(cfg, layout.pretrain.model, centroids, layout.scores, layout.bank, targets=targets)
     diag = diagnose(cfg, layout)
     summary["diagnostics"] = {k: diag[k] for k in ("beyond_target_p99", "corr_ecle_proximity", "warnings")}
