@@ -66,10 +66,11 @@ def write_run_summary(cfg: MakConfig, layout: RunLayout) -> dict:
 
 def preflight(cfg: MakConfig, stages: tuple[str, ...]) -> None:
     """Refuse, before any heavy work, a run that cannot finish: missing or empty inputs, earlier outputs, or a
-    budget over the pool. Inputs get a bounded look (:func:`mak_ray.data.manifest.peek_input`), never a full
+    budget over the pool. Inputs get a bounded look (:func:`mak_ray.data.peek.peek_input`), never a full
     listing; the pool's size comes from its plan when an earlier run made one for these settings, else from
     the look when it saw the whole pool."""
-    from mak_ray.data.manifest import Peek, peek_input, read_plan, settings_of
+    from mak_ray.data.manifest import read_plan, settings_of
+    from mak_ray.data.peek import Peek, peek_input
 
     layout = RunLayout(cfg.run.output_uri)
     planned = set(stages)

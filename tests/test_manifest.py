@@ -14,7 +14,8 @@ import pytest
 from mak_ray import storage
 from mak_ray.config import DataSection
 from mak_ray.data import listing, names
-from mak_ray.data.manifest import input_digest, peek_input, plan_input, read_plan
+from mak_ray.data.manifest import input_digest, plan_input, read_plan
+from mak_ray.data.peek import peek_input
 from tests.samples import good_image_bytes, tar_of_images
 
 
