@@ -210,3 +210,19 @@ def test_checks_state_the_recommended_method() -> None:
     assert [c["holds"] for c in checks] == [True, False, False, False]
     del data.selections["random"]
     assert demo_checks(compute_numbers(data)) == []
+
+
+def test_a_selection_warning_stands_at_the_top(tmp_path: Path) -> None:
+    run = str(tmp_path / "run")
+    write_fake_run(run)
+    layout = RunLayout(run)
+    method = next(m for m in ("mak", "mak_gated", "random") if storage.exists(layout.selection(m).summary))
+    summary = storage.read_json(layout.selection(method).summary)
+    text = f"62 % of the {method} picks lie farther from their nearest target image than 90 % of the target's own"
+    storage.write_json(
+        layout.selection(method).summary, summary | {"picks_beyond_target_p90": 0.62, "warnings": [text]}
+    )
+    page = Path(build_report(run)).read_text()
+    assert text.replace("'", "&#x27;") in page[: page.index("<h2")]
+    data = json.loads(Path(layout.report_file("report_data.json")).read_text())
+    assert data["selections"][method]["stage"]["picks_beyond_target_p90"] == 0.62

@@ -224,3 +224,23 @@ def test_kcenter_baseline_over_its_memory_bound_is_refused(fake_run, ray_session
     with pytest.raises(ConfigError, match="select.kcenter_shards") as err:
         _run(cfg, "kcenter")
     assert "select.kcenter_max_bytes" in str(err.value)
+
+
+@pytest.mark.parametrize("method", ["mak", "kcenter"])
+def test_the_share_of_far_picks_is_counted_and_warned(fake_run, method, ray_session, caplog):
+    """Each selection counts its picks beyond the target's 0.9 nearest-neighbour quantile, carries their
+    nn_distance into selection.parquet, and warns when they are more than a third."""
+    from mak_ray.stages.select import FAR_PICKS, FAR_QUANTILE
+
+    cfg, ids, ecle, prox, emb, target = fake_run
+    summary, got = _run(cfg, method)
+    nn = dict(zip(ids.tolist(), _nn(emb, target).tolist()))
+    table = storage.read_parquet(RunLayout(cfg.run.output_uri).selection(method).parquet)
+    np.testing.assert_allclose(table.column("nn_distance").to_numpy(), [nn[i] for i in got], rtol=1e-6)
+    ref = storage.read_json(RunLayout(cfg.run.output_uri).target_reference)["nn_distance"]
+    far = quantile_of(ref, FAR_QUANTILE)
+    want = float(np.mean(np.array([nn[i] for i in got]) > far))
+    assert summary["picks_beyond_target_p90"] == pytest.approx(want)
+    assert ("warnings" in summary) == (want > FAR_PICKS)
+    if want > FAR_PICKS:
+        assert "likely out of distribution" in summary["warnings"][0]

@@ -34,6 +34,8 @@ SELECT_SUMMARY_KEYS = (
     "seconds_finish",
     "kcenter_device",
     "two_stage",
+    "picks_beyond_target_p90",
+    "warnings",
 )
 SETTINGS = {"full": "Linear probe (full labelled train set)", "few_shot": "Few-shot linear probe"}
 

@@ -178,6 +178,14 @@ def render_html(numbers: dict[str, Any], figs: dict[str, bytes], generated: str)
     parts.append(
         _warnings(numbers.get("diagnostics"), "score diagnostics; see <a href='#diagnostics'>below</a>")
     )
+    picked = [
+        str(w)
+        for sel in numbers["selections"].values()
+        for w in (sel.get("stage") or {}).get("warnings") or []
+    ]
+    if picked:
+        items = "".join(f"<li>{_e(w)}</li>" for w in picked)
+        parts.append(f"<div class='warning'><b>Warning from the selection</b>:<ul>{items}</ul></div>")
 
     if numbers.get("checks"):
         method = numbers["checks"][0]["method"]

@@ -37,6 +37,8 @@ class FinishSpec:
     per_shard_k: int | None = None
     seed: int = 0
     metric: str = "cosine"
+    # the target's 0.9 quantile of its own nearest-neighbour distance: picks farther than it are counted
+    far: float | None = None
 
 
 def embeddings_matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -187,16 +189,22 @@ def finish(spec: FinishSpec, candidate_uris: list[str], out: SelectionOutput, su
     e = chosen.column("ecle").to_numpy(zero_copy_only=False).astype(np.float64)
     p = chosen.column("proximity").to_numpy(zero_copy_only=False).astype(np.float64)
     score = mak_score(e, p, spec.loss_weight, ScoreStats.from_dict(spec.stats))
+    nn = chosen.column("nn_distance").cast(pa.float32()) if "nn_distance" in chosen.column_names else None
     table = pa.table(
         {
             "id": chosen.column("id").cast(pa.string()),
             "order": pa.array(np.arange(chosen.num_rows), pa.int64()),
             "ecle": pa.array(e, pa.float32()),
             "proximity": pa.array(p, pa.float32()),
+            "nn_distance": nn if nn is not None else pa.nulls(chosen.num_rows, pa.float32()),
             "score": pa.array(score, pa.float32()),
             "label": chosen.column("label").cast(pa.string()),
         }
     )
+    if spec.far is not None and nn is not None and nn.null_count < len(nn):
+        d = nn.to_numpy(zero_copy_only=False).astype(np.float64)
+        d = d[np.isfinite(d)]
+        summary["picks_beyond_target_p90"] = float(np.mean(d > spec.far))
     summary["selected"] = table.num_rows
     summary["seconds_finish"] = round(time.perf_counter() - t0, 3)
     write_selection(out, table, summary)

@@ -190,6 +190,7 @@ class CandidatePlan:
     out_uri: str  # this task's candidate file for the method
     with_embedding: bool
     boundary_counts_only: bool = False  # a boundary of equal keys: return per-file counts, not every row
+    with_nn: bool = False  # the score output has nn_distance: carry it with the candidates
 
 
 @dataclass
@@ -214,6 +215,7 @@ CANDIDATE_SCHEMA = pa.schema(
         ("id", pa.string()),
         ("ecle", pa.float32()),
         ("proximity", pa.float32()),
+        ("nn_distance", pa.float32()),  # null in an output scored without it
         ("label", pa.string()),
     ]
 )
@@ -229,7 +231,10 @@ def _embedding_rows(uri: str, rows: np.ndarray) -> pa.Array:
 def candidates_pass(files: list[str], first_file: int, plans: list[CandidatePlan]) -> list[Boundary]:
     """Write each method's candidate rows of these files (file indices from ``first_file``) and return each
     method's boundary rows."""
-    columns = list(dict.fromkeys(["id", "ecle", "proximity", "label", *key_columns([p.spec for p in plans])]))
+    nn = ["nn_distance"] if any(p.with_nn for p in plans) else []
+    columns = list(
+        dict.fromkeys(["id", "ecle", "proximity", "label", *nn, *key_columns([p.spec for p in plans])])
+    )
     parts: list[list[pa.Table]] = [[] for _ in plans]
     bounds: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in plans]
     for offset, uri in enumerate(files):
@@ -249,6 +254,11 @@ def candidates_pass(files: list[str], first_file: int, plans: list[CandidatePlan
                     "id": sub.column("id").cast(pa.string()),
                     "ecle": sub.column("ecle").cast(pa.float32()),
                     "proximity": sub.column("proximity").cast(pa.float32()),
+                    "nn_distance": (
+                        sub.column("nn_distance").cast(pa.float32())
+                        if nn
+                        else pa.nulls(len(keep), pa.float32())
+                    ),
                     "label": sub.column("label").cast(pa.string()),
                 },
                 schema=CANDIDATE_SCHEMA,

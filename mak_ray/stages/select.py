@@ -44,6 +44,9 @@ from mak_ray.select.passes import (
 
 log = logging.getLogger(__name__)
 
+FAR_QUANTILE = 0.9  # picks beyond this quantile of the target's own nearest-neighbour distance count as far
+FAR_PICKS = 1 / 3  # a selection with more far picks than this gets a warning
+
 
 def _key_range(method: str, pool: PoolStats, loss_weight: float) -> tuple[float, float]:
     (e_lo, e_hi), (p_lo, p_hi) = pool.ecle_range, pool.proximity_range
@@ -165,6 +168,17 @@ def gate_of(cfg: MakConfig, layout: RunLayout, pool: PoolStats) -> float:
     return gate
 
 
+def far_of(layout: RunLayout, pool: PoolStats) -> float | None:
+    """The target's 0.9 quantile of its own nearest-neighbour distance (None without nn_distance or the
+    reference): the selection counts its picks beyond it."""
+    from mak_ray import storage
+    from mak_ray.mak import quantile_of
+
+    if not np.isfinite(pool.nn_range[1]) or not storage.exists(layout.target_reference):
+        return None
+    return quantile_of(storage.read_json(layout.target_reference)["nn_distance"], FAR_QUANTILE)
+
+
 def run(cfg: MakConfig, layout: RunLayout) -> dict:
     import ray
 
@@ -195,6 +209,7 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
 
     t1 = time.perf_counter()
     gate = gate_of(cfg, layout, pool) if "mak_gated" in todo else None
+    far = far_of(layout, pool)
     specs = {m: KeySpec(m, cfg.select.loss_weight, cfg.run.seed, pool.stats.to_dict(), gate) for m in todo}
     n_cand = {m: candidate_count(m, k, cfg.select.core_ratio, usable) for m in todo}
     dim = _embedding_dim(files)
@@ -216,6 +231,7 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
                 layout.selection(m).candidates(g),
                 with_embedding=m in DIVERSE_METHODS,
                 boundary_counts_only=intervals[m].equal_keys,
+                with_nn=far is not None,
             )
             for g in range(len(groups))
         ]
@@ -246,6 +262,7 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
             shards=cfg.select.kcenter_shards,
             per_shard_k=cfg.select.per_shard_k,
             seed=cfg.run.seed,
+            far=far,
         )
         head = {
             "method": m,
@@ -265,6 +282,14 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
         finishing[m] = ray.remote(finish).options(num_gpus=gpus).remote(spec, uris, layout.selection(m), head)
     for m, ref in finishing.items():
         summary[m] = ray.get(ref)
+        beyond = summary[m].get("picks_beyond_target_p90")
+        if beyond is not None and beyond > FAR_PICKS:
+            summary[m]["warnings"] = [
+                f"{100 * beyond:.0f} % of the {m} picks lie farther from their nearest target image than 90 % of "
+                "the target's own images lie from theirs: many of them are likely out of distribution (see the "
+                "score diagnostics; 'mak_gated' keeps its picks inside the target's distances)"
+            ]
+            log.warning("select/%s: %s", m, summary[m]["warnings"][0])
         mark_done(layout.selection(m).root, summary[m])
         log.info(
             "select/%s: %d of %d usable pool images (stats %.1f s, candidates %.1f s, finish %.1f s)",
