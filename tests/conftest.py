@@ -117,3 +117,28 @@ def readme_run(docs_clone):
     """The README's local blocks (the quick start on the tiny preset), run once: tests/test_docs.py checks that
     they run, tests/test_pipeline_e2e.py checks the run they leave in ``runs/tiny``."""
     return docs_clone.run("README.md")
+
+
+@pytest.fixture(scope="module")
+def model_uri(tmp_path_factory) -> str:
+    """A seeded untrained ResNet-18 of width 8 (64 backbone features, 16-d projection), saved as a model file:
+    the scoring tests need *a* model, not a trained one."""
+    import torch
+
+    from mak_ray.config import ModelSection
+    from mak_ray.models import build_model, save_model
+
+    torch.manual_seed(0)
+    cfg = ModelSection(arch="resnet18", width=8, small_stem=True, proj_dim=16)
+    uri = str(tmp_path_factory.mktemp("model") / "model.pt")
+    save_model(build_model(cfg), cfg, uri)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def centroids():
+    """Three unit centroids in the 64-d backbone space of ``model_uri``."""
+    import numpy as np
+
+    c = np.random.default_rng(5).normal(size=(3, 64)).astype(np.float32)
+    return c / np.linalg.norm(c, axis=1, keepdims=True)

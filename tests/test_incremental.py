@@ -20,21 +20,6 @@ from mak_ray.score import embed_images, score_pool
 from tests.samples import good_image_bytes, tar_of_images
 
 
-@pytest.fixture(scope="module")
-def model_uri(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    cfg = ModelSection(arch="resnet18", width=8, small_stem=True, proj_dim=16)
-    uri = str(tmp_path_factory.mktemp("model") / "model.pt")
-    save_model(build_model(cfg), cfg, uri)
-    return uri
-
-
-@pytest.fixture(scope="module")
-def centroids() -> np.ndarray:
-    c = np.random.default_rng(5).normal(size=(3, 64)).astype(np.float32)
-    return c / np.linalg.norm(c, axis=1, keepdims=True)
-
-
 def cfg_for(pool: str, run: str, **score):
     s = {
         "views": 3,

@@ -13,12 +13,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from mak_ray import storage
-from mak_ray.config import ModelSection, config_from_dict
+from mak_ray.config import config_from_dict
 from mak_ray.layout import ShardedOutput
-from mak_ray.models import build_model, save_model
 from mak_ray.score import (
     embed_images as _embed_images,
 )
@@ -51,15 +49,6 @@ BAD_REASONS = collections.Counter(r for _, r in BAD.values() if r is not None)
 
 
 @pytest.fixture(scope="module")
-def model_uri(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    cfg = ModelSection(arch="resnet18", width=8, small_stem=True, proj_dim=16)
-    uri = str(tmp_path_factory.mktemp("model") / "model.pt")
-    save_model(build_model(cfg), cfg, uri)
-    return uri
-
-
-@pytest.fixture(scope="module")
 def pool_dir(tmp_path_factory) -> str:
     """Three class folders of good images (PNG and JPEG) plus one folder of every awkward case."""
     root = tmp_path_factory.mktemp("pool")
@@ -73,13 +62,6 @@ def pool_dir(tmp_path_factory) -> str:
     for name, (data, _) in BAD.items():
         (root / "bad" / name).write_bytes(data)
     return str(root)
-
-
-@pytest.fixture(scope="module")
-def centroids() -> np.ndarray:
-    rng = np.random.default_rng(5)
-    c = rng.normal(size=(3, 64)).astype(np.float32)  # width 8 -> 64 backbone features
-    return c / np.linalg.norm(c, axis=1, keepdims=True)
 
 
 def make_cfg(pool: str, out: str, **score):
