@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mak_ray.mak import gated_key, leave_one_out_nn, nn_distance, quantile_of, quantile_table
+from mak_ray.mak import gate, gated_key, leave_one_out_nn, nn_distance, quantile_of, quantile_table
 from mak_ray.select import select
 
 
@@ -21,7 +21,7 @@ def test_nn_distance_is_one_minus_the_best_cosine():
     assert nn_distance(t[:3] * 4.0, t)[:3] == pytest.approx([0, 0, 0], abs=1e-6)  # scale does not matter
 
 
-def test_leave_one_out_skips_each_row_itself():
+def test_leave_one_out_skips_each_row_itself(monkeypatch):
     rng = np.random.default_rng(1)
     t = rng.normal(size=(30, 6))
     loo = leave_one_out_nn(t)
@@ -29,6 +29,9 @@ def test_leave_one_out_skips_each_row_itself():
     np.fill_diagonal(sim, -np.inf)
     np.testing.assert_allclose(loo, 1.0 - sim.max(axis=1), atol=1e-6)
     assert (loo > 1e-3).all()  # never its own zero distance
+    monkeypatch.setattr(gate, "_BLOCK_ELEMS", 60)  # 2 query rows per block: 15 blocks, same distances
+    np.testing.assert_allclose(leave_one_out_nn(t), loo, rtol=0, atol=1e-6)
+    monkeypatch.undo()
     dup = leave_one_out_nn(np.vstack([t, t[:1]]))
     assert dup[0] == pytest.approx(0.0, abs=1e-6) and dup[-1] == pytest.approx(0.0, abs=1e-6)
     sample = leave_one_out_nn(t, queries=10)  # a seeded sample of queries, each against all the others

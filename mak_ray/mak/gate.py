@@ -13,43 +13,37 @@ from typing import Any
 
 import numpy as np
 
-from mak_ray.validate import as_float_array, check_finite
+from mak_ray.validate import check_finite
+
+from .proximity import proximity, unit_rows
 
 QUANTILE_LEVELS = np.round(np.linspace(0.0, 1.0, 201), 4)  # the target reference keeps these quantiles
 REFERENCE_QUERIES = 20_000  # at most this many target images are measured against the whole target
-_BLOCK = 4096
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+_BLOCK_ELEMS = 4_000_000  # similarities held at once (16 MB): query rows per block = this / target size
 
 
 def nn_distance(x: Any, reference: Any) -> np.ndarray:
-    """1 - the largest cosine similarity of each row of ``x`` to a row of ``reference`` (float64)."""
-    r = unit_rows(as_float_array("reference", reference, 2).astype(np.float32))
-    xs = unit_rows(as_float_array("x", x, 2).astype(np.float32))
-    out = np.empty(len(xs), dtype=np.float64)
-    for s in range(0, len(xs), _BLOCK):
-        sim = xs[s : s + _BLOCK] @ r.T
-        out[s : s + _BLOCK] = 1.0 - sim.max(axis=1)
-    return out
+    """1 - the largest cosine similarity of each row of ``x`` to a row of ``reference`` (float64): proximity with
+    every reference row as a centroid."""
+    return proximity(x, reference)
 
 
 def leave_one_out_nn(target: Any, seed: int = 0, queries: int = REFERENCE_QUERIES) -> np.ndarray:
     """The target's own ``nn_distance``: each of up to ``queries`` target images (a seeded sample) against all
     the others."""
-    t = unit_rows(as_float_array("target", target, 2).astype(np.float32))
+    t = unit_rows("target", target)
     if len(t) < 2:
         raise ValueError("the target needs at least 2 usable images for a nearest-neighbour reference")
     idx = np.arange(len(t))
     if len(t) > queries:
         idx = np.sort(np.random.default_rng(seed).choice(len(t), queries, replace=False))
     out = np.empty(len(idx), dtype=np.float64)
-    for s in range(0, len(idx), _BLOCK):
-        rows = idx[s : s + _BLOCK]
+    step = max(1, _BLOCK_ELEMS // len(t))
+    for s in range(0, len(idx), step):
+        rows = idx[s : s + step]
         sim = t[rows] @ t.T
         sim[np.arange(len(rows)), rows] = -np.inf
-        out[s : s + _BLOCK] = 1.0 - sim.max(axis=1)
+        out[s : s + step] = 1.0 - sim.max(axis=1)
     return out
 
 

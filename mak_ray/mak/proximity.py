@@ -15,7 +15,8 @@ import numpy as np
 from mak_ray.validate import as_float_array, check_k, check_nonzero_rows, check_same_dim
 
 
-def _unit_rows(name: str, x: Any) -> np.ndarray:
+def unit_rows(name: str, x: Any) -> np.ndarray:
+    """Validated rows (finite, non-zero) scaled to unit length, float32."""
     arr = as_float_array(name, x, 2)
     norms = check_nonzero_rows(name, arr)
     return (arr / norms[:, None]).astype(np.float32)
@@ -32,7 +33,7 @@ def fit_centroids(
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs each missing SIMD build at INFO
     import faiss  # imported lazily: heavy, and only this function needs it
 
-    x = np.ascontiguousarray(_unit_rows("target_emb", target_emb))
+    x = np.ascontiguousarray(unit_rows("target_emb", target_emb))
     k = check_k(k, len(x), what="target embeddings")
     km = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=nredo, seed=int(seed), spherical=True, verbose=False)
     # faiss warns and subsamples below 39 points per centroid; that is fine for small targets
@@ -45,8 +46,8 @@ def fit_centroids(
 
 def proximity(emb: Any, centroids: Any) -> np.ndarray:
     """1 - max cosine similarity of each row of ``emb`` [N, D] to ``centroids`` [k, D]; float64 [N]."""
-    x = _unit_rows("emb", emb)
-    c = _unit_rows("centroids", centroids)
+    x = unit_rows("emb", emb)
+    c = unit_rows("centroids", centroids)
     check_same_dim("emb", x, "centroids", c)
     if len(c) == 0:
         raise ValueError("centroids is empty")
