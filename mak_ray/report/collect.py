@@ -32,12 +32,12 @@ import pyarrow.parquet as pq
 import yaml
 
 from mak_ray import storage
+from mak_ray.labels import is_ood
 from mak_ray.layout import RunLayout
 from mak_ray.registry import METHODS, TARGET_ONLY
 
 log = logging.getLogger(__name__)
 
-OOD_PREFIX = "ood"
 UNLABELED = "(unlabeled)"
 MODEL_ORDER = (TARGET_ONLY, *METHODS)
 SETTING_KEYS = {"full": ("full", "linear"), "few_shot": ("few_shot", "fewshot", "few-shot")}
@@ -45,10 +45,6 @@ ACC_COLUMNS = ("overall", "many", "medium", "few", "group_std", "class_std")
 SCATTER_ROWS = 20_000
 DIAGNOSTICS = "diagnostics.json"  # written by the score stage beside its summary
 SAMPLE_SEED = 0
-
-
-def is_ood(label: str | None) -> bool:
-    return label is not None and str(label).lower().startswith(OOD_PREFIX)
 
 
 def ordered(names: list[str], preferred: tuple[str, ...]) -> list[str]:
@@ -128,12 +124,6 @@ def _ok_rows(table: pa.Table) -> tuple[pa.Table, int]:
     ok = pc.is_null(table.column("error"))
     good = table.filter(ok)
     return good.drop_columns(["error"]), table.num_rows - good.num_rows
-
-
-def pool_ood_mask(labels: pa.ChunkedArray) -> np.ndarray:
-    """Boolean mask of OOD labels (case-insensitive ``ood`` prefix), computed in Arrow."""
-    hit = pc.starts_with(pc.utf8_lower(labels), OOD_PREFIX)
-    return hit.fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
 
 
 def label_counts(column: pa.ChunkedArray) -> dict[str, int]:

@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from mak_ray.labels import is_ood, ood_mask
 from mak_ray.report import plots
-from mak_ray.report.collect import RunData, is_ood, pool_ood_mask
+from mak_ray.report.collect import RunData
 from mak_ray.report.numbers import SETTINGS
 
 
@@ -54,12 +55,12 @@ def make_figures(data: RunData, numbers: dict[str, Any]) -> dict[str, bytes]:
         sample = data.pool.sample  # a seeded sample of at most collect.SCATTER_ROWS scored rows
         prox = sample.column("proximity").to_numpy(zero_copy_only=False).astype(np.float32)
         ecle = sample.column("ecle").to_numpy(zero_copy_only=False).astype(np.float32)
-        ood_mask = pool_ood_mask(sample.column("label"))
+        ood = ood_mask(sample.column("label"))
         picks = {}
         for m, sel in data.selections.items():
             ok = np.isfinite(sel.ecle) & np.isfinite(sel.proximity)
             picks[m] = (sel.proximity[ok], sel.ecle[ok])
-        figs["ecle_vs_proximity.png"] = plots.ecle_scatter(prox, ecle, ood_mask, picks)
+        figs["ecle_vs_proximity.png"] = plots.ecle_scatter(prox, ecle, ood, picks)
     acc = numbers["accuracy"]
     if any(v is not None for rows in acc.values() for r in rows.values() for v in r.values()):
         figs["accuracy_groups.png"] = plots.accuracy_groups(acc, SETTINGS)

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from mak_ray.labels import is_ood
 from mak_ray.registry import STAGES
 from mak_ray.report.collect import (
     MODEL_ORDER,
     UNLABELED,
     RunData,
     accuracy_row,
-    is_ood,
     ordered,
     tail_classes,
 )

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from mak_ray import storage
 from mak_ray.config import MakConfig
+from mak_ray.labels import ood_mask
 from mak_ray.layout import RunLayout
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ EDGES = {
     "nn_distance": np.geomspace(1e-7, 2.0, 4097),
 }
 MAX_LABELS = 1000  # per-label sums stop at this many labels (the rest are counted as one)
-OOD_PREFIX = "ood"
 
 # warning thresholds (see docs/ARCHITECTURE.md, "Selection fidelity")
 MIN_BEYOND_P99 = 0.05  # share of the pool beyond the target's 99th-percentile nearest-target distance
@@ -74,13 +74,11 @@ class Tally:
         if not finite.all():  # a usable row has finite scores; anything else is left out of every figure
             table = table.filter(pa.array(finite))
             v = {c: x[finite] for c, x in v.items()}
-        labels = (
-            table.column("label").to_pylist() if "label" in table.column_names else [None] * len(v["ecle"])
-        )
-        lab = np.array([x if x is not None else "" for x in labels], dtype=object)
-        ood = np.array([str(x).lower().startswith(OOD_PREFIX) for x in lab], dtype=bool)
-        known = lab != ""
-        self.usable += len(lab)
+        n = len(v["ecle"])
+        labels = table.column("label") if "label" in table.column_names else pa.nulls(n, pa.string())
+        known = pc.fill_null(pc.not_equal(labels, ""), False).to_numpy(zero_copy_only=False).astype(bool)
+        ood = ood_mask(labels)
+        self.usable += n
         for c in COLUMNS:
             _acc(self.hist, c, _hist(v[c], c))
             _acc(self.ood_hist, c, _hist(v[c][ood], c))
@@ -89,12 +87,19 @@ class Tally:
                 self.beyond[c] = self.beyond.get(c, 0) + int(np.count_nonzero(v[c] > p99[c]))
         e, p, d = v["ecle"], v["proximity"], v["nn_distance"]
         self.moments += [len(e), e.sum(), p.sum(), d.sum(), e @ e, p @ p, d @ d, e @ p, e @ d]
-        for name in np.unique(lab[known]):
-            key = str(name) if (name in self.labels or len(self.labels) < MAX_LABELS) else "(other labels)"
-            sel = lab == name
+        by_label = (
+            pa.table({"label": labels, "ecle": e})
+            .filter(pa.array(known))
+            .group_by("label")
+            .aggregate([("ecle", "count"), ("ecle", "sum")])
+        )
+        for name, count, total in zip(
+            *(by_label.column(c).to_pylist() for c in ("label", "ecle_count", "ecle_sum"))
+        ):
+            key = name if (name in self.labels or len(self.labels) < MAX_LABELS) else "(other labels)"
             c = self.labels.setdefault(key, [0, 0.0])
-            c[0] += int(sel.sum())
-            c[1] += float(e[sel].sum())
+            c[0] += int(count)
+            c[1] += float(total)
 
     def merge(self, other: Tally) -> Tally:
         out = Tally(self.rows + other.rows, self.usable + other.usable, moments=self.moments + other.moments)
