@@ -25,7 +25,7 @@ import numpy as np
 
 from mak_ray.config import ConfigError, MakConfig
 from mak_ray.layout import RunLayout, done, mark_done, read_done
-from mak_ray.mak import mak_score
+from mak_ray.mak import mak_score, quantile_of
 from mak_ray.registry import DIVERSE_METHODS
 from mak_ray.score import part_files
 from mak_ray.score.outputs import file_groups, merged
@@ -144,39 +144,31 @@ def _embedding_dim(files: list[str]) -> int:
     return 0
 
 
-def gate_of(cfg: MakConfig, layout: RunLayout, pool: PoolStats) -> float:
-    """``mak_gated``'s gate: the ``select.gate_quantile`` quantile of the target's own nearest-neighbour
-    distances (written by the embed_target stage)."""
+def nn_reference(layout: RunLayout, pool: PoolStats) -> list[float] | None:
+    """The target's own nearest-neighbour distance quantiles (written by embed_target), when the score output
+    has the nn_distance column they are compared with; else None."""
     from mak_ray import storage
+
+    if not np.isfinite(pool.nn_range[1]) or not storage.exists(layout.target_reference):
+        return None
+    return storage.read_json(layout.target_reference)["nn_distance"]
+
+
+def gate_of(cfg: MakConfig, reference: list[float] | None) -> float:
+    """``mak_gated``'s gate: the ``select.gate_quantile`` quantile of the target's own nearest-neighbour
+    distances."""
     from mak_ray.mak import quantile_of
 
-    if not np.isfinite(pool.nn_range[1]):
+    if reference is None:
         raise ValueError(
-            "mak_gated needs the score output's nn_distance column, which this output lacks: rerun the score "
-            "stage (mak-ray pipeline --stages score)"
+            "mak_gated needs the score output's nn_distance column and the target's reference.json beside its "
+            "embeddings; this run lacks them: rerun the embed_target and score stages"
         )
-    if not storage.exists(layout.target_reference):
-        raise ValueError(
-            f"mak_gated needs {layout.target_reference}: rerun the embed_target stage "
-            "(mak-ray pipeline --stages embed_target)"
-        )
-    table = storage.read_json(layout.target_reference)["nn_distance"]
-    gate = quantile_of(table, cfg.select.gate_quantile)
+    gate = quantile_of(reference, cfg.select.gate_quantile)
     log.info(
         "select/mak_gated: gate at nn_distance %.5f (target quantile %g)", gate, cfg.select.gate_quantile
     )
     return gate
-
-
-def far_of(layout: RunLayout, pool: PoolStats) -> float | None:
-    """The target's 0.9 quantile of its own nearest-neighbour distance (None without nn_distance or the
-    reference): the selection counts its picks beyond it."""
-    from mak_ray import storage
-    from mak_ray.mak import quantile_of
-
-    if not np.isfinite(pool.nn_range[1]) or not storage.exists(layout.target_reference):
-        return None
-    return quantile_of(storage.read_json(layout.target_reference)["nn_distance"], FAR_QUANTILE)
 
 
 def run(cfg: MakConfig, layout: RunLayout) -> dict:
@@ -208,8 +200,9 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
     )
 
     t1 = time.perf_counter()
-    gate = gate_of(cfg, layout, pool) if "mak_gated" in todo else None
-    far = far_of(layout, pool)
+    reference = nn_reference(layout, pool)
+    gate = gate_of(cfg, reference) if "mak_gated" in todo else None
+    far = None if reference is None else quantile_of(reference, FAR_QUANTILE)  # picks beyond it are counted
     specs = {m: KeySpec(m, cfg.select.loss_weight, cfg.run.seed, pool.stats.to_dict(), gate) for m in todo}
     n_cand = {m: candidate_count(m, k, cfg.select.core_ratio, usable) for m in todo}
     dim = _embedding_dim(files)
