@@ -415,7 +415,7 @@ def score_pool(
         model_uri,
         bank=digest_array(bank),
         centroids=digest_array(centroids),
-        targets=digest_array(np.ascontiguousarray(targets, dtype=np.float32)),
+        targets=digest_array(targets),
     )
     return _run(cfg, plan, Scorer, ctor, out, params)
 
