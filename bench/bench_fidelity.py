@@ -40,7 +40,7 @@ def run_seed(args: argparse.Namespace, setup: Setup, seed: int) -> tuple[dict, d
         args.cache, seed, args.width, args.epochs, 0.2, args.pool_epochs, args.ood
     )
     t0 = time.perf_counter()
-    picks, thresholds = selections(sc, setup.k, seed)
+    picks, thresholds = selections(sc, args.k, seed)
     t_sel = (time.perf_counter() - t0) / len(picks)  # all variants at once; the mean per variant
     diag = diagnostics(sc, data.pool_y, data.pool_kind, data.target_y, seed) | {"thresholds": thresholds}
     pool_share = {
@@ -52,12 +52,24 @@ def run_seed(args: argparse.Namespace, setup: Setup, seed: int) -> tuple[dict, d
     for m in methods:
         r = shares(picks[m], data.pool_y, data.pool_kind, data.tail) | {"select_s": t_sel}
         if not args.shares_only:
-            suffix = "" if args.retrain_epochs == 10 else f"-e{args.retrain_epochs}"
+            suffix = (
+                ("" if args.retrain_epochs == 10 else f"-e{args.retrain_epochs}")
+                + ("" if args.k == setup.k else f"-k{args.k}")
+                + ("-scratch" if args.retrain_from == "scratch" else "")
+            )
             rpath = cache / f"retrain-{m}{suffix}.json"
             if rpath.exists():
                 acc = json.loads(rpath.read_text())
             else:
-                acc = retrain_and_probe(model, args.width, data, picks[m], seed, epochs=args.retrain_epochs)
+                acc = retrain_and_probe(
+                    model,
+                    args.width,
+                    data,
+                    picks[m],
+                    seed,
+                    epochs=args.retrain_epochs,
+                    from_scratch=args.retrain_from == "scratch",
+                )
                 rpath.write_text(json.dumps(acc))
             r |= acc
         results[m] = r
@@ -83,7 +95,14 @@ def main() -> None:
         "--pool-epochs", type=int, default=0, help="first pretrain on target + the unlabelled pool"
     )
     p.add_argument("--ood", choices=["real", "generated"], default="real", help="the pool's OOD kinds")
-    p.add_argument("--retrain-epochs", type=int, default=10, help="warm-started retraining epochs")
+    p.add_argument("--retrain-epochs", type=int, default=10, help="retraining epochs")
+    p.add_argument(
+        "--retrain-from",
+        choices=["pretrained", "scratch"],
+        default="pretrained",
+        help="warm-start the retraining (as the demo) or train a fresh model on target + picks (as the paper)",
+    )
+    p.add_argument("--k", type=int, default=Setup.k, help="the budget (picks per method)")
     p.add_argument("--shares-only", action="store_true", help="skip retraining; shares of every variant")
     p.add_argument("--cache", default="/tmp/fid")
     p.add_argument("--threads", type=int, default=1)
@@ -96,7 +115,7 @@ def main() -> None:
     methods = list(per_seed[args.seeds[0]][0])
     print(
         f"\nfidelity: width {args.width}, {args.epochs} epochs{f' after {args.pool_epochs} on target+pool' if args.pool_epochs else ''}, "
-        f"K={setup.k}, seeds {args.seeds}"
+        f"K={args.k}, retrain {args.retrain_epochs} epochs from {args.retrain_from}, seeds {args.seeds}"
     )
     for s, (_, diag, pool) in per_seed.items():
         print(

@@ -234,11 +234,18 @@ def retrain_and_probe(
     picks: np.ndarray | None,
     seed: int,
     epochs: int = 10,
-    eval_cfg: EvalSection | None = None,
+    from_scratch: bool = False,
 ) -> dict:
-    """Warm-start SimCLR on target + picks (as the demo retrains), then a linear probe on the eval sets."""
+    """SimCLR on target + picks, then a linear probe on the eval sets.
+
+    Warm-started from the pretrained model by default (as the demo retrains); ``from_scratch`` trains a fresh
+    model of the same shape instead, as the paper retrains, so the picks shape the whole representation.
+    """
+    if from_scratch:
+        torch.manual_seed(seed + 500)
     model = build_model(model_cfg(width))
-    model.load_state_dict(pretrained.state_dict())
+    if not from_scratch:
+        model.load_state_dict(pretrained.state_dict())
     imgs = (
         data.target_x
         if picks is None or len(picks) == 0
