@@ -26,7 +26,7 @@ SAMPLE_ROWS = 1 << 16  # the stats pass's sample of the pool, whatever its size
 SAMPLE_SIGMAS = (
     5.0  # how far the sampled bound lies below the estimated n-th key, in binomial standard deviations
 )
-MAX_CANDIDATES = 2.0  # a sampled bound expected to let through more than this many times n rows is not used
+MAX_CANDIDATES = 2.0  # a sampled bound whose ties let through this many times the rows it aims at is not used
 
 
 @dataclass
@@ -134,11 +134,11 @@ def sampled_bound(keys: np.ndarray, rate: float, n: int) -> float | None:
         r = n
     else:
         mean = n * rate
-        r = math.ceil(mean + SAMPLE_SIGMAS * math.sqrt(mean * (1 - rate))) + 1
+        r = max(1, math.ceil(mean + SAMPLE_SIGMAS * math.sqrt(mean * (1 - rate))) + 1)
     if r > len(keys):
         return None
     bound = float(np.partition(keys, len(keys) - r)[len(keys) - r])
-    if np.count_nonzero(keys >= bound) / min(rate, 1.0) > MAX_CANDIDATES * n + 1:  # a bound inside long ties
+    if np.count_nonzero(keys >= bound) > MAX_CANDIDATES * r:  # a bound inside a long run of equal keys
         return None
     return bound
 
