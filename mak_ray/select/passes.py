@@ -20,6 +20,8 @@ See :mod:`mak_ray.select.cut` for how the driver turns histograms or the candida
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,14 +256,17 @@ CANDIDATE_SCHEMA = pa.schema(
 )
 
 
+CHUNK_ROWS = 1 << 16  # the candidates pass computes keys over this many rows of consecutive files at once
+
+
 def _candidate_table(
-    keys: np.ndarray, file_index: int, rows: np.ndarray, sub: pa.Table, nn: bool
+    keys: np.ndarray, files: np.ndarray, rows: np.ndarray, sub: pa.Table, nn: bool
 ) -> pa.Table:
     n = len(keys)
     return pa.table(
         {
             "key": pa.array(keys, pa.float64()),
-            "file": pa.array(np.full(n, file_index, np.int64)),
+            "file": pa.array(files, pa.int64()),
             "row": pa.array(rows, pa.int64()),
             "id": sub.column("id").cast(pa.string()),
             "ecle": sub.column("ecle").cast(pa.float32()),
@@ -271,6 +276,73 @@ def _candidate_table(
         },
         schema=CANDIDATE_SCHEMA,
     )
+
+
+def _chunks(files: list[str], first_file: int, columns: list[str]) -> Iterator[_Chunk]:
+    """The usable rows of consecutive files, about ``CHUNK_ROWS`` at a time, with each file left open (its
+    embedding column is read only if it holds a candidate)."""
+    with contextlib.ExitStack() as stack:
+        chunk = _Chunk()
+        for offset, uri in enumerate(files):
+            fs, path = storage.filesystem(uri)
+            pf = pq.ParquetFile(stack.enter_context(fs.open_input_file(path)))
+            table, rows = _usable(pf.read(columns=columns, use_threads=False))
+            chunk.add(first_file + offset, pf, table, rows)
+            if chunk.size >= CHUNK_ROWS or offset == len(files) - 1:
+                yield chunk
+                chunk = _Chunk()
+                stack.close()
+
+
+@dataclass
+class _Chunk:
+    tables: list[pa.Table] = field(default_factory=list)
+    files: list[int] = field(default_factory=list)
+    readers: list[pq.ParquetFile] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+    size: int = 0
+    _embedding: dict[int, np.ndarray] = field(default_factory=dict)  # per file, once read
+
+    def add(self, file_index: int, reader: pq.ParquetFile, table: pa.Table, rows: np.ndarray) -> None:
+        self.tables.append(table)
+        self.files.append(file_index)
+        self.readers.append(reader)
+        self.rows.append(rows)
+        self.size += table.num_rows
+
+    def columns(self) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+        """The chunk's rows as one table, with each row's file index and row number."""
+        lengths = [t.num_rows for t in self.tables]
+        return (
+            pa.concat_tables(self.tables),
+            np.repeat(np.asarray(self.files, np.int64), lengths),
+            np.concatenate(self.rows) if self.rows else np.zeros(0, np.int64),
+        )
+
+    def embeddings(self, keep: np.ndarray) -> pa.Array:
+        """The embeddings of the chunk's rows at positions ``keep`` (ascending), read from the files that
+        hold them (gathered in numpy: Arrow's concatenation of many small fixed-size-list pieces is slow)."""
+        ends = np.cumsum([t.num_rows for t in self.tables])
+        which = np.searchsorted(ends, keep, side="right")
+        parts = []
+        for i in np.unique(which):
+            local = keep[which == i] - (ends[i - 1] if i else 0)
+            if i not in self._embedding:
+                col = self.readers[i].read(columns=["embedding"], use_threads=False)["embedding"]
+                self._embedding[i] = _matrix(col)
+            parts.append(self._embedding[i][self.rows[i][local]])
+        flat = np.concatenate(parts).ravel()
+        return pa.FixedSizeListArray.from_arrays(pa.array(flat), parts[0].shape[1])
+
+
+def _matrix(col: pa.ChunkedArray) -> np.ndarray:
+    """A fixed-size-list column as a ``[rows, size]`` array of its value type (null lists hold their slots)."""
+    size = col.type.list_size
+    mats = []
+    for arr in col.chunks:
+        flat = arr.values.slice(arr.offset * size, len(arr) * size).to_numpy(zero_copy_only=False)
+        mats.append(flat.reshape(len(arr), size))
+    return mats[0] if len(mats) == 1 else np.concatenate(mats)
 
 
 def candidates_pass(files: list[str], first_file: int, plans: list[CandidatePlan]) -> list[Boundary]:
@@ -284,30 +356,21 @@ def candidates_pass(files: list[str], first_file: int, plans: list[CandidatePlan
     )
     parts: list[list[pa.Table]] = [[] for _ in plans]
     bounds: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in plans]
-    for offset, uri in enumerate(files):
-        file_index = first_file + offset
-        fs, path = storage.filesystem(uri)
-        with fs.open_input_file(path) as f:
-            pf = pq.ParquetFile(f)
-            table, rows = _usable(pf.read(columns=columns, use_threads=False))
-            kept = []
-            for plan in plans:
-                keys = plan.spec.keys(table)
-                keep = np.flatnonzero(keys >= plan.lo)
-                kept.append((keys, keep))
-            need_emb = [i for i, p in enumerate(plans) if p.with_embedding and len(kept[i][1])]
-            # the embedding column costs far more than the rest: decode it only when a candidate needs it
-            emb = pf.read(columns=["embedding"], use_threads=False).column("embedding") if need_emb else None
+    for chunk in _chunks(files, first_file, columns):
+        table, file_of, row_of = chunk.columns()
         for i, plan in enumerate(plans):
-            keys, keep = kept[i]
+            keys = plan.spec.keys(table)
+            keep = np.flatnonzero(keys >= plan.lo)
             if not len(keep):
                 continue
-            t = _candidate_table(keys[keep], file_index, rows[keep], table.take(pa.array(keep)), bool(nn))
+            t = _candidate_table(
+                keys[keep], file_of[keep], row_of[keep], table.take(pa.array(keep)), bool(nn)
+            )
             if plan.with_embedding:
-                t = t.append_column("embedding", emb.take(pa.array(rows[keep])).combine_chunks())
+                t = t.append_column("embedding", chunk.embeddings(keep))
             parts[i].append(t)
             edge = keep[keys[keep] < plan.hi]
-            bounds[i].append((keys[edge], np.full(len(edge), file_index, np.int64), rows[edge]))
+            bounds[i].append((keys[edge], file_of[edge], row_of[edge]))
     out = []
     for i, plan in enumerate(plans):
         written = sum(t.num_rows for t in parts[i])
