@@ -284,3 +284,32 @@ def test_the_share_of_far_picks_is_counted_and_warned(fake_run, method, ray_sess
     assert ("warnings" in summary) == (want > FAR_PICKS)
     if want > FAR_PICKS:
         assert "likely out of distribution" in summary["warnings"][0]
+
+
+def test_candidates_pass_is_the_same_in_chunks_of_any_size(tmp_path, monkeypatch):
+    """The candidates pass computes keys over chunks of consecutive files and gathers embeddings per file:
+    chunks smaller than a file, of several files, or of all of them write the same rows, each with its own
+    embedding."""
+    from mak_ray.score import part_files
+    from mak_ray.select import cut, passes
+
+    cfg, ids, ecle, prox, emb, target = _pool(tmp_path, files=6)
+    files = part_files(RunLayout(cfg.run.output_uri).scores.root)
+    pool = passes.stats_pass(files, 0, ["ecle", "proximity", "id"], 1.0, 0)
+    plans = []
+    for method, n in (("mak", 60), ("random", 40)):
+        spec = passes.KeySpec(method, 0.5, 0, pool.stats.to_dict())
+        bound = cut.sampled_bound(spec.keys(pool.sample), 1.0, n)
+        plans.append(passes.CandidatePlan(spec, bound, bound, str(tmp_path / f"{method}.parquet"), True))
+    written = {}
+    for chunk_rows in (1, 150, 1 << 16):
+        monkeypatch.setattr(passes, "CHUNK_ROWS", chunk_rows)
+        counts = [b.written for b in passes.candidates_pass(files, 0, plans)]
+        written[chunk_rows] = [storage.read_parquet(p.out_uri) for p in plans]
+        assert counts == [60, 40] == [t.num_rows for t in written[chunk_rows]]
+    for tables in written.values():
+        assert all(a.equals(b) for a, b in zip(tables, written[1 << 16]))
+    by_id = dict(zip(ids.tolist(), emb))
+    for t in written[150]:
+        got = np.array(t.column("embedding").to_pylist(), np.float32)
+        np.testing.assert_array_equal(got, np.stack([by_id[i] for i in t.column("id").to_pylist()]))
