@@ -3,16 +3,20 @@
 The driver only merges small results; the pool's rows stay in the tasks:
 
 1. stats: one pass over ``ecle``/``proximity`` gives the pool-wide z-statistics and ranges, shared by every
-   method (:func:`mak_ray.select.passes.stats_pass`);
-2. candidates: histogram passes over each method's ranking key narrow down where its top ``n`` ends
-   (:mod:`mak_ray.select.cut`; usually one pass), then one pass writes every method's candidate rows, with their
-   embeddings for the methods that run K-center, and returns the few rows on the boundary; the driver turns
-   those into the exact cut (ties go to the lower position in the output's file order);
-3. finish: per method, one task reads its candidates, runs K-center (on a GPU when the cluster has one and
-   ``select.kcenter_device`` allows it) or takes the top ``K``, and writes the selection
-   (:mod:`mak_ray.select.finish`).
+   method, and a uniform sample of the rows' key columns of about ``cut.SAMPLE_ROWS`` rows
+   (:func:`mak_ray.select.passes.stats_pass`);
+2. candidates: from the sample, each method gets a key bound that at least its top ``n`` rows pass
+   (:func:`mak_ray.select.cut.sampled_bound`), and one pass writes every method's rows at or above its bound,
+   with their embeddings for the methods that run K-center. A method whose bound let through fewer than ``n``
+   rows, or whose sample gave no bound, finds its cut with histogram passes instead (:mod:`mak_ray.select.cut`;
+   usually one pass), and then a candidates pass that returns the few rows on the boundary, from which the driver
+   makes the exact cut (ties go to the lower position in the output's file order);
+3. finish: per method, one task finds the exact cut among the candidates (sampled bounds), reads them, runs
+   K-center (on a GPU when the cluster has one and ``select.kcenter_device`` allows it) or takes the top ``K``,
+   and writes the selection (:mod:`mak_ray.select.finish`).
 
-Each method's ``summary.json`` gives the seconds of each phase and the candidate count.
+Each method's ``summary.json`` gives the seconds of each phase, the candidate count, how the candidates were
+bounded (``candidate_bound``: ``sample``, ``histogram`` or ``all``) and how many rows were written.
 """
 
 from __future__ import annotations
