@@ -4,13 +4,22 @@ For each pool size N it writes a score output as the scorer does (1,000-row part
 ECLE, proximity and 128-d float16 embeddings; 0.5 % failed rows) and a target embedding output of 10,000
 points, then measures side by side in one process:
 
-- ``read``: one plain pyarrow read of every part file's ``id``, ``ecle`` and ``proximity`` columns;
+- ``read``: one plain pyarrow read of every part file's ``id``, ``ecle`` and ``proximity`` columns, in this
+  process, and ``wread``: the same read in one Ray task (Ray starts its workers at a lower priority than the
+  driver, so on a machine shared with other work the stage's tasks and this read are slowed alike);
 - ``stage``: the select stage (:mod:`mak_ray.stages.select`) for ``mak`` and ``random`` at budget K on a
-  local Ray instance, with its phase seconds from the methods' summaries;
+  local Ray instance whose workers were started before (one task per CPU), with its phase seconds from the
+  methods' summaries;
 - the driver's resident-set growth during the stage (sampled), and its growth per pool row between the sizes.
 
 The ratio stage/read is the goal's figure (3 or less); ``pool-dependent`` is the stage minus mak's finish task
 (reading its candidates and K-center: work set by K, not by N), shown beside it.
+
+The candidates pass decodes the embedding column of every file that holds a K-center candidate, and how fast
+that is depends on how the column was written: ``--embedding-encoding`` writes it as the scorer does
+(``dictionary``: ``storage.write_parquet``'s defaults, zstd), without a dictionary (``plain``, zstd), or without
+a dictionary and uncompressed (``raw``; float16 embeddings barely compress). The other columns are written as
+the scorer writes them in every case.
 
     python -m bench.bench_select            # N = 200,000 and 2,000,000, K = 20,000
     python -m bench.bench_select --small    # N = 20,000 and 200,000, K = 2,000
@@ -19,6 +28,8 @@ The ratio stage/read is the goal's figure (3 or less); ``pool-dependent`` is the
 from __future__ import annotations
 
 import argparse
+import functools
+import io
 import logging
 import os
 import shutil
@@ -40,7 +51,25 @@ def _emb(rng: np.random.Generator, n: int, centers: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float16).ravel()), DIM)
 
 
-def write_run(root: str, n: int, seed: int = 0) -> None:
+ENCODINGS = ("dictionary", "plain", "raw")
+
+
+def _write_part(table: pa.Table, uri: str, encoding: str) -> None:
+    from mak_ray import storage
+
+    if encoding == "dictionary":
+        storage.write_parquet(table, uri)
+        return
+    buf = io.BytesIO()
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
+    extra = (
+        {"column_encoding": {"embedding.list.element": "BYTE_STREAM_SPLIT"}} if encoding != "plain" else {}
+    )
+    pq.write_table(table, buf, compression="zstd", use_dictionary=strings, **extra)
+    storage.write_bytes(uri, buf.getvalue())
+
+
+def write_run(root: str, n: int, seed: int = 0, encoding: str = "dictionary") -> None:
     """A score output of ``n`` rows and a target embedding output under the run folder ``root``."""
     from mak_ray import storage
     from mak_ray.layout import RunLayout
@@ -68,7 +97,7 @@ def write_run(root: str, n: int, seed: int = 0) -> None:
                 "shard": pa.array([f"{f:06d}"] * m, pa.string()),
             }
         )
-        storage.write_parquet(table, layout.scores.part(f"{f:06d}", "part-000000000.parquet"))
+        _write_part(table, layout.scores.part(f"{f:06d}", "part-000000000.parquet"), encoding)
     target = pa.table(
         {
             "id": pa.array([f"t{i}" for i in range(TARGET)], pa.string()),
@@ -79,6 +108,15 @@ def write_run(root: str, n: int, seed: int = 0) -> None:
     )
     storage.write_parquet(target, layout.target_embeddings.part("t", "part-0.parquet"))
     open(done_flag, "w").close()
+
+
+def _ratios(t: float, reads: tuple[float, float]) -> str:
+    return "/".join(f"{t / r:.2f}" for r in reads)
+
+
+def _warm() -> None:
+    """Start a Ray worker with the select stage's modules imported, as earlier stages of a run leave them."""
+    import mak_ray.select.passes  # noqa: F401
 
 
 def plain_read(files: list[str]) -> tuple[float, int]:
@@ -95,6 +133,12 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=None)
     ap.add_argument("--budget", type=int, default=None)
     ap.add_argument("--data", default="bench-out/select-data", help="where the synthetic runs are kept")
+    ap.add_argument(
+        "--embedding-encoding",
+        choices=ENCODINGS,
+        default="dictionary",
+        help="how the embedding column is written",
+    )
     args = ap.parse_args()
     sizes = args.sizes or ([20_000, 200_000] if args.small else [200_000, 2_000_000])
     k = args.budget or (2_000 if args.small else 20_000)
@@ -109,19 +153,30 @@ def main() -> None:
     from mak_ray.stages.select import run
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    print(f"select stage vs one plain read of id/ecle/proximity; K = {k}, methods mak + random, {DIM}-d fp16")
+    ray.get([ray.remote(_warm).remote() for _ in range(os.cpu_count())])
     print(
-        f"{'rows':>10} {'files':>6} {'read s':>7} {'stage s':>8} {'ratio':>6} {'pool-dep s':>10} "
-        f"{'ratio':>6} {'stats':>6} {'cand':>6} {'mak fin':>7} {'kc':>6} {'driver +MiB':>11}  load"
+        f"select stage vs one plain read of id/ecle/proximity; K = {k}, methods mak + random, {DIM}-d fp16 "
+        f"embeddings written with {args.embedding_encoding} encoding"
+    )
+    print(
+        "stage: the whole stage; -kc: less mak's K-center seconds; pool-dep: less mak's whole finish task; "
+        "ratios: to read / to wread"
+    )
+    print(
+        f"{'rows':>10} {'files':>6} {'read s':>7} {'wread s':>7} {'stage s':>8} {'ratios':>11} {'-kc s':>6} "
+        f"{'ratios':>11} {'pool-dep s':>10} {'ratios':>11} {'stats':>6} {'cand':>6} {'mak fin':>7} {'kc':>6} "
+        f"{'rnd fin':>7} {'bounds':>13} {'driver +MiB':>11}  load"
     )
     growth = {}
     for n in sizes:
-        root = os.path.abspath(os.path.join(args.data, f"n{n}"))
-        write_run(root, n)
+        name = f"n{n}" + ("" if args.embedding_encoding == "dictionary" else f"-{args.embedding_encoding}")
+        root = os.path.abspath(os.path.join(args.data, name))
+        write_run(root, n, encoding=args.embedding_encoding)
         layout = RunLayout(root)
         shutil.rmtree(layout.stage_dir("select"), ignore_errors=True)
         files = part_files(layout.scores.root)
         read_s, rows = plain_read(files)
+        wread_s, _ = ray.get(ray.remote(plain_read).remote(files))
         cfg = load_config(
             None, [f"run.output_uri={root}", f"select.budget={k}", "select.methods=[mak, random]"]
         )
@@ -131,12 +186,16 @@ def main() -> None:
             summary = run(cfg, layout)
         stage_s = time.perf_counter() - t0
         growth[n] = max(0, rss.peak - before)
-        mak = summary["mak"]
+        mak, rnd = summary["mak"], summary["random"]
         pool_dep = stage_s - mak["seconds_finish"]
+        no_kc = stage_s - mak["seconds_kcenter"]
+        bounds = f"{mak['candidate_bound']}/{rnd['candidate_bound']}"
+        ratios = functools.partial(_ratios, reads=(read_s, wread_s))
         print(
-            f"{rows:>10} {len(files):>6} {read_s:>7.2f} {stage_s:>8.2f} {stage_s / read_s:>6.2f} "
-            f"{pool_dep:>10.2f} {pool_dep / read_s:>6.2f} {mak['seconds_stats']:>6.2f} "
-            f"{mak['seconds_candidates']:>6.2f} {mak['seconds_finish']:>7.2f} {mak['seconds_kcenter']:>6.2f} "
+            f"{rows:>10} {len(files):>6} {read_s:>7.2f} {wread_s:>7.2f} {stage_s:>8.2f} {ratios(stage_s):>11} "
+            f"{no_kc:>6.2f} {ratios(no_kc):>11} {pool_dep:>10.2f} {ratios(pool_dep):>11} "
+            f"{mak['seconds_stats']:>6.2f} {mak['seconds_candidates']:>6.2f} {mak['seconds_finish']:>7.2f} "
+            f"{mak['seconds_kcenter']:>6.2f} {rnd['seconds_finish']:>7.2f} {bounds:>13} "
             f"{growth[n] / 2**20:>11.1f}  {load1()}",
             flush=True,
         )

@@ -69,3 +69,47 @@ def test_too_few_rows_is_an_error():
     edges = iv.edges()
     with pytest.raises(ValueError, match="fewer than the 5"):
         iv.narrow(Histogram.of(np.array([0.5, 0.7]), edges), edges)
+
+
+@pytest.mark.parametrize("kind", ["continuous", "ties", "all_equal"])
+@pytest.mark.parametrize("n", [1, 37, 500, 1000])
+def test_cut_of_rows_matches_a_full_sort(kind, n):
+    """The cut among candidate rows (in any order, as the candidate files hold them) is a full sort's n-th."""
+    rng = np.random.default_rng(1)
+    m = 1000
+    keys = {
+        "continuous": rng.normal(size=m),
+        "ties": rng.integers(0, 4, m).astype(np.float64),
+        "all_equal": np.zeros(m),
+    }[kind]
+    files = np.repeat(np.arange(10), m // 10)
+    rows = np.tile(np.arange(m // 10), 10)
+    shuffle = rng.permutation(m)
+    c = cut.cut_of_rows(keys[shuffle], files[shuffle], rows[shuffle], n)
+    want = np.lexsort((rows, files, -keys))[:n]
+    assert sorted(np.flatnonzero(c.mask(keys, files, rows)).tolist()) == sorted(want.tolist())
+    with pytest.raises(RuntimeError, match="fewer than the 1001"):
+        cut.cut_of_rows(keys, files, rows, m + 1)
+
+
+def test_sampled_bound_holds_the_top_n_and_not_many_more():
+    """Over many samples of one pool, the bound lets through at least n rows and a bounded excess."""
+    rng = np.random.default_rng(2)
+    keys = rng.normal(size=200_000)
+    n, rate = 3000, 0.05
+    through = []
+    for seed in range(200):
+        pick = np.random.default_rng(seed).random(len(keys)) < rate
+        bound = cut.sampled_bound(keys[pick], rate, n)
+        through.append(int(np.count_nonzero(keys >= bound)))
+    # the bound aims SAMPLE_SIGMAS deviations of the sampled count above n: n * SAMPLE_SIGMAS / sqrt(n * rate) rows
+    assert min(through) >= n and max(through) < n * (1 + 2 * cut.SAMPLE_SIGMAS / np.sqrt(n * rate))
+
+
+def test_sampled_bound_of_the_whole_pool_is_the_nth_key_and_refuses_long_ties():
+    keys = np.random.default_rng(3).normal(size=1000)
+    assert cut.sampled_bound(keys, 1.0, 10) == np.sort(keys)[-10]
+    ties = np.repeat([1.0, 2.0], 500)  # the 10th best lies in a run of 500 equal keys
+    assert cut.sampled_bound(ties, 1.0, 10) is None
+    assert cut.sampled_bound(keys, 0.0, 10) is None  # no sample
+    assert cut.sampled_bound(keys[:20], 0.01, 1000) is None  # too few sampled rows for the bound

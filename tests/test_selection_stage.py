@@ -170,35 +170,75 @@ def test_budget_larger_than_usable_pool_is_refused(fake_run, ray_session):
         _run(cfg, "mak")
 
 
+def _want(cfg, method, ids, ecle, prox, emb, target):
+    return [
+        str(i)
+        for i in select(
+            method,
+            k=40,
+            ids=ids,
+            ecle=ecle,
+            proximity=prox,
+            embeddings=emb,
+            target_embeddings=target,
+            nn=_nn(emb, target),
+            gate=_gate(cfg),
+            stats=ScoreStats.empty().update(ecle, prox),
+            seed=cfg.run.seed,
+        ).ids
+    ]
+
+
+@pytest.mark.parametrize("path", ["histogram", "sample"])
 @pytest.mark.parametrize("one_task", [True, False])
 @pytest.mark.parametrize("method", METHODS)
-def test_ties_refinement_and_task_count_change_nothing(tmp_path, method, one_task, monkeypatch, ray_session):
-    """Keys with long runs of ties, a boundary small enough to force histogram refinement and the equal-keys
-    cut, and one task or one task per file: the picks are still the in-memory selector's."""
+def test_ties_refinement_and_task_count_change_nothing(
+    tmp_path, method, one_task, path, monkeypatch, ray_session
+):
+    """Keys with long runs of ties, one task or one task per file, and either way of bounding the candidates:
+    histogram passes (with a boundary small enough to force refinement and the equal-keys cut), or a bound from
+    a sample of the pool that falls inside a run of ties. The picks are still the in-memory selector's."""
     from mak_ray.select import cut
     from mak_ray.stages import select as stage
 
     cfg, ids, ecle, prox, emb, target = _pool(tmp_path, ties=True, files=6)
     monkeypatch.setattr(cut, "BOUNDARY_ROWS", 3)
+    if path == "histogram":
+        monkeypatch.setattr(cut, "SAMPLE_ROWS", 0)
+    else:
+        monkeypatch.setattr(cut, "SAMPLE_ROWS", 300)
+        monkeypatch.setattr(cut, "MAX_CANDIDATES", 100.0)  # take the bound whatever the ties let through
     if one_task:
         monkeypatch.setattr(stage, "file_groups", lambda files, cpus: [(0, files)])
     else:
         monkeypatch.setattr(stage, "file_groups", lambda files, cpus: [(i, [f]) for i, f in enumerate(files)])
-    _, got = _run(cfg, method)
-    want = select(
-        method,
-        k=40,
-        ids=ids,
-        ecle=ecle,
-        proximity=prox,
-        embeddings=emb,
-        target_embeddings=target,
-        nn=_nn(emb, target),
-        gate=_gate(cfg),
-        stats=ScoreStats.empty().update(ecle, prox),
-        seed=cfg.run.seed,
-    )
-    assert got == [str(i) for i in want.ids]
+    summary, got = _run(cfg, method)
+    assert got == _want(cfg, method, ids, ecle, prox, emb, target)
+    assert summary["candidate_bound"] == ("all" if method == "kcenter" else path)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_sampled_bound_from_a_part_of_the_pool_and_its_fallback(tmp_path, method, monkeypatch, ray_session):
+    """A sample of about a third of the pool bounds the candidates (at least the candidate count written, and
+    not all the pool); a bound that lets through too few rows falls back to histogram passes. Both pick what the
+    in-memory selector picks."""
+    from mak_ray.select import candidate_count, cut
+
+    cfg, ids, ecle, prox, emb, target = _pool(tmp_path, files=6)
+    want = _want(cfg, method, ids, ecle, prox, emb, target)
+    n = candidate_count(method, 40, cfg.select.core_ratio, len(ids))
+    monkeypatch.setattr(cut, "SAMPLE_ROWS", 200)
+    summary, got = _run(cfg, method)
+    assert got == want
+    if method != "kcenter":
+        assert summary["candidate_bound"] == "sample"
+        # about 20 sampled rows in the top n: the bound's margin of SAMPLE_SIGMAS deviations is about n again
+        assert n <= summary["candidates_written"] <= 2.5 * n
+    monkeypatch.setattr(cut, "SAMPLE_SIGMAS", -20.0)  # a bound far above the n-th key: too few rows pass it
+    summary, got = _run(cfg, method)
+    assert got == want
+    if method != "kcenter":
+        assert summary["candidate_bound"] == "histogram" and summary["candidates_written"] >= n
 
 
 def test_kcenter_device_is_resolved_against_the_cluster(fake_run, ray_session):
@@ -244,3 +284,32 @@ def test_the_share_of_far_picks_is_counted_and_warned(fake_run, method, ray_sess
     assert ("warnings" in summary) == (want > FAR_PICKS)
     if want > FAR_PICKS:
         assert "likely out of distribution" in summary["warnings"][0]
+
+
+def test_candidates_pass_is_the_same_in_chunks_of_any_size(tmp_path, monkeypatch):
+    """The candidates pass computes keys over chunks of consecutive files and gathers embeddings per file:
+    chunks smaller than a file, of several files, or of all of them write the same rows, each with its own
+    embedding."""
+    from mak_ray.score import part_files
+    from mak_ray.select import cut, passes
+
+    cfg, ids, ecle, prox, emb, target = _pool(tmp_path, files=6)
+    files = part_files(RunLayout(cfg.run.output_uri).scores.root)
+    pool = passes.stats_pass(files, 0, ["ecle", "proximity", "id"], 1.0, 0)
+    plans = []
+    for method, n in (("mak", 60), ("random", 40)):
+        spec = passes.KeySpec(method, 0.5, 0, pool.stats.to_dict())
+        bound = cut.sampled_bound(spec.keys(pool.sample), 1.0, n)
+        plans.append(passes.CandidatePlan(spec, bound, bound, str(tmp_path / f"{method}.parquet"), True))
+    written = {}
+    for chunk_rows in (1, 150, 1 << 16):
+        monkeypatch.setattr(passes, "CHUNK_ROWS", chunk_rows)
+        counts = [b.written for b in passes.candidates_pass(files, 0, plans)]
+        written[chunk_rows] = [storage.read_parquet(p.out_uri) for p in plans]
+        assert counts == [60, 40] == [t.num_rows for t in written[chunk_rows]]
+    for tables in written.values():
+        assert all(a.equals(b) for a, b in zip(tables, written[1 << 16]))
+    by_id = dict(zip(ids.tolist(), emb))
+    for t in written[150]:
+        got = np.array(t.column("embedding").to_pylist(), np.float32)
+        np.testing.assert_array_equal(got, np.stack([by_id[i] for i in t.column("id").to_pylist()]))

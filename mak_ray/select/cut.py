@@ -1,6 +1,10 @@
-"""Where the top ``n`` rows of a pool end, found from mergeable histograms, exactly.
+"""Where the top ``n`` rows of a pool end: estimated from a sample, or found from mergeable histograms, exactly.
 
-The driver narrows a key interval ``[lo, hi)`` that holds the ``n``-th best key: ``above`` rows have a key of
+Usually a uniform sample of the keys (from the stats pass) gives a bound ``lo`` with, with overwhelming
+probability, at least ``n`` rows at or above it and not many more (:func:`sampled_bound`); the candidates pass
+writes every row at or above it, the stage checks that they are at least ``n``, and the exact cut is the
+``n``-th of the candidates in the order (key descending, file, row) (:func:`cut_of_rows`). Otherwise (a sample
+too small or crowded with ties, or too few rows written) the driver narrows a key interval ``[lo, hi)`` that holds the ``n``-th best key: ``above`` rows have a key of
 at least ``hi``, and histogram passes over the interval move it into the bin where the count crosses ``n``,
 until that bin holds few enough rows to be sent to the driver (``BOUNDARY_ROWS``) or all its keys are equal.
 The final :class:`Cut` is then a position in the order (key descending, file, row): a row is a candidate when
@@ -9,6 +13,7 @@ it sorts at or before the cut. Memory in the driver is O(bins + boundary rows), 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +22,11 @@ from mak_ray.select.passes import Boundary, Histogram
 
 BINS = 4096
 BOUNDARY_ROWS = 1 << 20
+SAMPLE_ROWS = 1 << 16  # the stats pass's sample of the pool, whatever its size
+SAMPLE_SIGMAS = (
+    5.0  # how far the sampled bound lies below the estimated n-th key, in binomial standard deviations
+)
+MAX_CANDIDATES = 2.0  # a sampled bound whose ties let through this many times the rows it aims at is not used
 
 
 @dataclass
@@ -107,3 +117,39 @@ def cut_file_from_counts(interval: Interval, boundaries: list[Boundary]) -> tupl
         raise RuntimeError(f"the boundary holds {int(cum[-1]) if len(cum) else 0} rows, fewer than needed")
     before = int(cum[at - 1]) if at else 0
     return int(files[at]), interval.need - before
+
+
+def sampled_bound(keys: np.ndarray, rate: float, n: int) -> float | None:
+    """A key bound with at least ``n`` rows of the pool at or above it, from the keys of a uniform sample of the
+    pool (each row drawn with probability ``rate``), or None where the sample cannot give a useful one.
+
+    The bound is the sample's ``r``-th largest key, ``r`` = ``SAMPLE_SIGMAS`` binomial standard deviations above
+    the ``n * rate`` sample rows expected among the pool's top ``n``: the pool then has fewer than ``n`` rows at or
+    above it only with a probability below 1e-6 (and the stage checks the count). A whole-pool sample
+    (``rate`` = 1) gives the exact ``n``-th key.
+    """
+    if rate <= 0 or n <= 0 or not len(keys):
+        return None
+    if rate >= 1:
+        r = n
+    else:
+        mean = n * rate
+        r = max(1, math.ceil(mean + SAMPLE_SIGMAS * math.sqrt(mean * (1 - rate))) + 1)
+    if r > len(keys):
+        return None
+    bound = float(np.partition(keys, len(keys) - r)[len(keys) - r])
+    if np.count_nonzero(keys >= bound) > MAX_CANDIDATES * r:  # a bound inside a long run of equal keys
+        return None
+    return bound
+
+
+def cut_of_rows(keys: np.ndarray, files: np.ndarray, rows: np.ndarray, n: int) -> Cut:
+    """The cut at the ``n``-th row in the order (key descending, file, row), among rows that hold the top ``n``."""
+    if len(keys) < n:
+        raise RuntimeError(f"the candidates hold {len(keys)} rows, fewer than the {n} needed")
+    if n <= 0:
+        return Cut(min_key=np.inf)
+    value = np.partition(keys, len(keys) - n)[len(keys) - n]  # the n-th largest key (no sort of every row)
+    tied = np.flatnonzero(keys == value)
+    last = tied[np.lexsort((rows[tied], files[tied]))[n - int(np.count_nonzero(keys > value)) - 1]]
+    return Cut(min_key=float(value), key=float(value), file=int(files[last]), row=int(rows[last]))

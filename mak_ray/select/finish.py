@@ -1,13 +1,14 @@
 """The last step of one method's selection, run where the candidates are (a Ray task, on a GPU for K-center
-when the cluster has one): read the candidate files, keep the rows at or before the cut, order them best
-first, run K-center for the diverse methods, and write the selection."""
+when the cluster has one): find the exact cut among the candidates when the stage wrote them from a sampled
+bound, read the candidate files, keep the rows at or before the cut, order them best first, run K-center for the
+diverse methods, and write the selection."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from mak_ray import storage
 from mak_ray.layout import SelectionOutput
 from mak_ray.mak import ScoreStats, mak_score
 from mak_ray.registry import DIVERSE_METHODS
-from mak_ray.select.cut import Cut
+from mak_ray.select.cut import Cut, cut_of_rows
 from mak_ray.select.output import write_selection
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,9 @@ class FinishSpec:
     method: str
     k: int
     n_candidates: int
-    cut: Cut
+    cut: (
+        Cut | None
+    )  # None: every candidate file's row at or above a sampled bound; the cut is the n-th of them
     stats: dict[str, Any]  # ScoreStats.to_dict(), for the MAK score of each pick
     loss_weight: float
     target_root: str  # the target's embedding output (K-center's initial centers)
@@ -48,6 +51,16 @@ def embeddings_matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
         return np.zeros((0, 0), np.float32)
     dim = arr.type.list_size
     return arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), dim).astype(np.float32)
+
+
+def candidates_cut(uris: list[str], n: int) -> Cut:
+    """The cut at the ``n``-th best of every row in the candidate files (only their key, file and row are read)."""
+    tables = [storage.read_parquet(u, columns=["key", "file", "row"]) for u in uris if storage.exists(u)]
+    cols = {
+        c: np.concatenate([t.column(c).to_numpy() for t in tables]) if tables else np.zeros(0)
+        for c in ("key", "file", "row")
+    }
+    return cut_of_rows(cols["key"], cols["file"], cols["row"], n)
 
 
 def load_candidates(uris: list[str], cut: Cut) -> pa.Table:
@@ -161,6 +174,8 @@ def finish(spec: FinishSpec, candidate_uris: list[str], out: SelectionOutput, su
 
     t0 = time.perf_counter()
     summary = dict(summary)
+    if spec.cut is None:
+        spec = replace(spec, cut=candidates_cut(candidate_uris, spec.n_candidates))
     diverse = spec.method in DIVERSE_METHODS
     if diverse and spec.shards > 1:
         target = load_valid_embeddings(spec.target_root)

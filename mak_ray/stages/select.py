@@ -3,26 +3,32 @@
 The driver only merges small results; the pool's rows stay in the tasks:
 
 1. stats: one pass over ``ecle``/``proximity`` gives the pool-wide z-statistics and ranges, shared by every
-   method (:func:`mak_ray.select.passes.stats_pass`);
-2. candidates: histogram passes over each method's ranking key narrow down where its top ``n`` ends
-   (:mod:`mak_ray.select.cut`; usually one pass), then one pass writes every method's candidate rows, with their
-   embeddings for the methods that run K-center, and returns the few rows on the boundary; the driver turns
-   those into the exact cut (ties go to the lower position in the output's file order);
-3. finish: per method, one task reads its candidates, runs K-center (on a GPU when the cluster has one and
-   ``select.kcenter_device`` allows it) or takes the top ``K``, and writes the selection
-   (:mod:`mak_ray.select.finish`).
+   method, and a uniform sample of the rows' key columns of about ``cut.SAMPLE_ROWS`` rows
+   (:func:`mak_ray.select.passes.stats_pass`);
+2. candidates: from the sample, each method gets a key bound that at least its top ``n`` rows pass
+   (:func:`mak_ray.select.cut.sampled_bound`), and one pass writes every method's rows at or above its bound,
+   with their embeddings for the methods that run K-center. A method whose bound let through fewer than ``n``
+   rows, or whose sample gave no bound, finds its cut with histogram passes instead (:mod:`mak_ray.select.cut`;
+   usually one pass), and then a candidates pass that returns the few rows on the boundary, from which the driver
+   makes the exact cut (ties go to the lower position in the output's file order);
+3. finish: per method, one task finds the exact cut among the candidates (sampled bounds), reads them, runs
+   K-center (on a GPU when the cluster has one and ``select.kcenter_device`` allows it) or takes the top ``K``,
+   and writes the selection (:mod:`mak_ray.select.finish`).
 
-Each method's ``summary.json`` gives the seconds of each phase and the candidate count.
+Each method's ``summary.json`` gives the seconds of each phase, the candidate count, how the candidates were
+bounded (``candidate_bound``: ``sample``, ``histogram`` or ``all``) and how many rows were written.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
 
 import numpy as np
 
+from mak_ray import storage
 from mak_ray.config import ConfigError, MakConfig
 from mak_ray.layout import RunLayout, done, mark_done, read_done
 from mak_ray.mak import mak_score, quantile_of
@@ -39,6 +45,7 @@ from mak_ray.select.passes import (
     boundary_rows_of_file,
     candidates_pass,
     histogram_pass,
+    key_columns,
     stats_pass,
 )
 
@@ -84,6 +91,97 @@ def _find_cuts(
         for m, h, e in zip(todo, hists, edges):
             intervals[m] = intervals[m].narrow(h, e)
         log.info("select: histogram round %d for %s", rounds, ", ".join(todo))
+
+
+def _first_intervals(pool: PoolStats, n_cand: dict[str, int], loss_weight: float) -> dict[str, cuts.Interval]:
+    """Each method's whole key range, where the histogram passes start."""
+    out = {}
+    for m, n in n_cand.items():
+        if n >= pool.usable:  # every usable row is a candidate
+            out[m] = cuts.Interval(-np.inf, -np.inf, pool.usable, n)
+        else:
+            out[m] = cuts.first_interval(*_key_range(m, pool, loss_weight), n)
+    return out
+
+
+def _sampled_bounds(
+    pool: PoolStats, specs: dict[str, KeySpec], n_cand: dict[str, int]
+) -> dict[str, float | None]:
+    """Each method's candidate bound from the stats pass's sample; None: find the cut with histogram passes
+    (every row is a candidate, or the sample gives no useful bound)."""
+    sample = pool.sample
+    return {
+        m: None
+        if n_cand[m] >= pool.usable or sample is None or not sample.num_rows
+        else cuts.sampled_bound(spec.keys(sample), pool.rate, n_cand[m])
+        for m, spec in specs.items()
+    }
+
+
+def _candidates(
+    groups: list[tuple[int, list[str]]],
+    files: list[str],
+    specs: dict[str, KeySpec],
+    out: dict[str, list[str]],
+    intervals: dict[str, cuts.Interval],
+    bounds: dict[str, float | None],
+    *,
+    with_nn: bool,
+) -> tuple[dict[str, cuts.Cut | None], dict[str, int]]:
+    """One candidates pass for the methods of ``bounds``: each writes the rows at or above its sampled bound, or
+    (bound None) the rows at or above the cut that histogram passes narrow down from ``intervals``. Returns each
+    method's cut (None for a sampled bound: the finish task finds it among the candidates) and how many rows it
+    wrote."""
+    import ray
+
+    hist = _find_cuts(groups, specs, {m: intervals[m] for m, b in bounds.items() if b is None})
+    methods = list(bounds)
+    plans = {
+        m: [
+            CandidatePlan(
+                specs[m],
+                bounds[m] if bounds[m] is not None else hist[m].lo,
+                bounds[m] if bounds[m] is not None else hist[m].hi,
+                uri,
+                with_embedding=m in DIVERSE_METHODS,
+                boundary_counts_only=bounds[m] is None and hist[m].equal_keys,
+                with_nn=with_nn,
+            )
+            for uri in out[m]
+        ]
+        for m in methods
+    }
+    task = ray.remote(candidates_pass)
+    refs = [
+        task.remote(g_files, first, [plans[m][g] for m in methods])
+        for g, (first, g_files) in enumerate(groups)
+    ]
+    boundaries: dict[str, list] = {m: [] for m in methods}
+    for ref in refs:  # small: at most BOUNDARY_ROWS rows per method in all
+        for m, b in zip(methods, ray.get(ref)):
+            boundaries[m].append(b)
+    written = {m: sum(b.written for b in boundaries[m]) for m in methods}
+    cut = {
+        m: None if bounds[m] is not None else _cut(hist[m], boundaries[m], specs[m], files) for m in methods
+    }
+    return cut, written
+
+
+def _sample_rate(files: list[str]) -> float:
+    """The probability of drawing a row into the stats pass's sample, for about ``SAMPLE_ROWS`` rows (or fewer:
+    the pool's size is estimated from its largest of the first, middle and last part file)."""
+    import pyarrow.parquet as pq
+
+    from mak_ray import storage
+
+    if not files:
+        return 0.0
+    largest = 0
+    for uri in {files[0], files[len(files) // 2], files[-1]}:
+        fs, path = storage.filesystem(uri)
+        with fs.open_input_file(path) as f:
+            largest = max(largest, pq.ParquetFile(f).metadata.num_rows)
+    return min(1.0, cuts.SAMPLE_ROWS / max(1, len(files) * largest))
 
 
 def _cut(interval: cuts.Interval, boundaries: list, spec: KeySpec, files: list[str]) -> cuts.Cut:
@@ -190,7 +288,11 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
     files = part_files(layout.scores.root)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     groups = file_groups(files, cpus)
-    pool = merged([ray.remote(stats_pass).remote(g) for _, g in groups], PoolStats.merge) or PoolStats()
+    rate, sample_columns = _sample_rate(files), key_columns([KeySpec(m, 0.5, 0, {}) for m in todo])
+    refs = [
+        ray.remote(stats_pass).remote(g, first, sample_columns, rate, cfg.run.seed) for first, g in groups
+    ]
+    pool = merged(refs, PoolStats.merge) or PoolStats()
     t_stats = time.perf_counter() - t0
     usable, k = pool.usable, cfg.select.budget
     if k > usable:
@@ -208,37 +310,26 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
     dim = _embedding_dim(files)
     for m in todo:
         _check_kcenter_memory(cfg, m, n_cand[m], dim)
-    intervals = {}
-    for m in todo:
-        if n_cand[m] >= usable:  # every usable row is a candidate
-            intervals[m] = cuts.Interval(-np.inf, -np.inf, usable, n_cand[m])
-        else:
-            intervals[m] = cuts.first_interval(*_key_range(m, pool, cfg.select.loss_weight), n_cand[m])
-    intervals = _find_cuts(groups, specs, intervals)
-    plans = {
-        m: [
-            CandidatePlan(
-                specs[m],
-                intervals[m].lo,
-                intervals[m].hi,
-                layout.selection(m).candidates(g),
-                with_embedding=m in DIVERSE_METHODS,
-                boundary_counts_only=intervals[m].equal_keys,
-                with_nn=far is not None,
-            )
-            for g in range(len(groups))
-        ]
-        for m in todo
-    }
-    task = ray.remote(candidates_pass)
-    refs = [
-        task.remote(g_files, first, [plans[m][g] for m in todo]) for g, (first, g_files) in enumerate(groups)
-    ]
-    boundaries = {m: [] for m in todo}
-    for ref in refs:  # small: at most BOUNDARY_ROWS rows per method in all
-        for m, b in zip(todo, ray.get(ref)):
-            boundaries[m].append(b)
-    cut = {m: _cut(intervals[m], boundaries[m], specs[m], files) for m in todo}
+    bounds = _sampled_bounds(pool, specs, n_cand)
+    pool.sample = None  # the driver keeps no pool rows beyond this point
+    out = {m: [layout.selection(m).candidates(g) for g in range(len(groups))] for m in todo}
+    intervals = _first_intervals(pool, n_cand, cfg.select.loss_weight)
+    run_candidates = functools.partial(
+        _candidates, groups, files, specs, out, intervals, with_nn=far is not None
+    )
+    cut, written = run_candidates(bounds)
+    short = [
+        m for m, b in bounds.items() if b is not None and written[m] < n_cand[m]
+    ]  # an unlucky sample: find these cuts exactly
+    for m in short:
+        log.warning(
+            "select/%s: the sampled bound let through %d rows, fewer than %d", m, written[m], n_cand[m]
+        )
+        storage.delete(layout.selection(m).candidates_dir)
+    if short:
+        redo, written_redo = run_candidates({m: None for m in short})
+        cut |= redo
+        written |= written_redo
     t_cand = time.perf_counter() - t1
 
     finishing = {}
@@ -267,11 +358,15 @@ def run(cfg: MakConfig, layout: RunLayout) -> dict:
             "tasks": len(groups),
             "seconds_stats": round(t_stats, 3),
             "seconds_candidates": round(t_cand, 3),
+            "candidate_bound": (
+                "all" if n_cand[m] >= usable else "histogram" if bounds[m] is None or m in short else "sample"
+            ),
+            "candidates_written": written[m],
         }
         if m == "mak_gated":
             head |= {"gate_quantile": cfg.select.gate_quantile, "gate_nn_distance": gate}
         gpus = 1 if spec.device == "cuda" else 0
-        uris = [p.out_uri for p in plans[m]]
+        uris = out[m]
         finishing[m] = ray.remote(finish).options(num_gpus=gpus).remote(spec, uris, layout.selection(m), head)
     for m, ref in finishing.items():
         summary[m] = ray.get(ref)
