@@ -63,7 +63,10 @@ def test_every_preset_fills_its_ood_share_mostly_with_real_kinds(name: str) -> N
     assert set(p.ood_kinds) <= set(ALL_OOD_KINDS) and len(p.ood_weights) == len(p.ood_kinds)
     real = sum(w for k, w in zip(p.ood_kinds, p.ood_weights) if k in REAL_OOD_KINDS)
     generated = sum(w for k, w in zip(p.ood_kinds, p.ood_weights) if k in OOD_KINDS)
-    assert real > 2 * generated > 0, "mostly real near-OOD, the generated kinds a further part"
+    if name == "nearood":  # the fidelity bench's pool: real near-OOD only
+        assert generated == 0 < real
+    else:
+        assert real > 2 * generated > 0, "mostly real near-OOD, the generated kinds a further part"
     assert set(REAL_OOD_KINDS) <= set(p.ood_kinds)
 
 
@@ -72,6 +75,7 @@ def test_preset_pool_sizes_and_ood_fractions_are_kept() -> None:
     assert sizes == {
         "tiny": (300, 0.15),
         "small": (4600, 0.13),
+        "nearood": (9000, 1 / 3),
         "medium": (20000, 0.15),
         "full": (None, 0.15),
     }

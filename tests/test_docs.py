@@ -142,7 +142,11 @@ def test_checks_catch_a_broken_command():
 
 def test_doc_paths_are_the_presets():
     """The demo writes where the presets look, so the documented commands meet."""
-    for preset, cfg_file in (("tiny", "tiny.yaml"), ("small", "demo-small.yaml")):
+    for preset, cfg_file in (
+        ("tiny", "tiny.yaml"),
+        ("small", "demo-small.yaml"),
+        ("nearood", "demo-nearood.yaml"),
+    ):
         cfg = yaml.safe_load((REPO / "configs" / cfg_file).read_text())
         for name in ("target", "pool", "eval_train", "eval_test"):
             assert cfg["data"][name] == f"demo-data/{preset}/{name}", (cfg_file, name)

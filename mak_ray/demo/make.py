@@ -96,6 +96,20 @@ PRESETS: dict[str, DemoPreset] = {
         synthetic_train_per_class=1000,  # with --synthetic: 10000 generated images cover target + pool
         synthetic_test_per_class=100,
     ),
+    # the fidelity bench's setup through the pipeline (~1 h on 2 CPUs): target ~1390 (n_max 500, ratio 50),
+    # pool 9000 with a third real near-OOD (no generated kinds), eval 200 / 500 per class, K = the target size
+    "nearood": DemoPreset(
+        n_max=500,
+        imbalance_ratio=50,
+        pool_size=9000,
+        ood_fraction=1 / 3,
+        eval_train_per_class=200,
+        eval_test_per_class=500,
+        synthetic_train_per_class=3000,
+        budget_fraction=1.0,
+        ood_kinds=REAL_OOD_KINDS,
+        ood_weights=(1,) * len(REAL_OOD_KINDS),
+    ),
     # one GPU node: target ~2480, pool 20000 (17000 + 3000 OOD), eval 1000 per class, the full test set
     "medium": DemoPreset(
         n_max=1000,
