@@ -12,8 +12,9 @@ rescoring after growth costs; each figure measured side by side in one run.
 3. **Retraining's data step** for K = ``--budget`` selected objects from each pool size: seconds and bytes
    read (they must not grow with the pool).
 4. **Rescoring after growth** (issue 19): a pool of ``--growth-pool`` real images scored in full, then grown
-   by 1 % in a new sub-folder and rescored; also 1 % spread among the existing names. Ray's start-up
-   (``ray.init``) and the scoring actors' start are printed apart.
+   by 1 % in a new sub-folder and rescored, shrunk back and rescored, and grown by 1 % spread among the
+   existing names and rescored, each against the one full scoring. Ray's start-up (``ray.init``) and the
+   scoring actors' start are printed apart.
 
     python -m bench.bench_scale                      # 10^5 and 10^6 objects, moto 10^5, growth 20,000
     python -m bench.bench_scale --small              # 10^4 and 10^5, moto 10^4, growth 2,000
@@ -386,42 +387,53 @@ def growth(n: int, work: str, model: str, ray_start: float) -> None:
     from mak_ray.layout import RunLayout
     from mak_ray.stages import score as score_stage
 
-    print(f"\n4. rescoring after 1 % growth of a {n}-image pool (16 px, tiny model, 1,000 files per shard)")
+    print(f"\n4. rescoring after 1 % growth of a {n}-image pool (16 px, tiny model, 20 folders)")
     print(f"   ray.init took {ray_start:.1f} s (not in any figure below)")
-    names = [f"c{i % 20:02d}/img{2 * i:07d}.png" for i in range(n)]
     print(
-        f"{'case':>22} {'seconds':>8} {'actor start s':>13} {'rows':>7} {'shards +/-/=':>14} {'share of full':>13}"
+        "   scoring = the engine (plan, carry-over, read, score, write, markers); stage = scoring plus the\n"
+        "   pool-wide diagnostics, which read every row again; actor start = until the first actor had its model"
     )
-    for case in ("new sub-folder", "spread among names"):
-        pool = os.path.join(work, f"grow-{case.split()[0]}")
-        make_image_pool(pool, names, 0)
-        cfg = run_cfg(pool, os.path.join(work, f"grow-run-{case.split()[0]}"), 16, 100)
-        prepare_run(cfg, model)
-        layout = RunLayout(cfg.run.output_uri)
+    names = [f"c{i % 20:02d}/img{2 * i:07d}.png" for i in range(n)]
+    pool = os.path.join(work, "grow-pool")
+    make_image_pool(pool, names, 0)
+    cfg = run_cfg(pool, os.path.join(work, "grow-run"), 16, 100)
+    prepare_run(cfg, model)
+    layout = RunLayout(cfg.run.output_uri)
+    header = (
+        f"{'case':>22} {'stage s':>8} {'scoring s':>9} {'actor start':>11} {'scored':>7} {'carried':>7} "
+        f"{'shards +/-/=':>14} {'of full':>8} {'w/o start':>9}"
+    )
+    print(header)
+    full: dict = {}
+
+    def run(case: str) -> None:
         t = time.perf_counter()
-        full = score_stage.run(cfg, layout)
-        full_s = time.perf_counter() - t
-        extra = n // 100
-        if case == "new sub-folder":
-            added = [f"new/img{i:07d}.png" for i in range(extra)]
-        else:
-            added = [f"c{i % 20:02d}/img{2 * i * (n // extra) + 1:07d}.png" for i in range(extra)]
-        make_image_pool(pool, added, 1)
-        t = time.perf_counter()
-        again = score_stage.run(cfg, layout)
-        again_s = time.perf_counter() - t
-        startup = again["startup_seconds"] or 0.0
+        s = score_stage.run(cfg, layout)
+        stage_s = time.perf_counter() - t
+        start = s["startup_seconds"] or 0.0
+        if not full:
+            full.update(s, stage_s=stage_s)
+        full_start = full["startup_seconds"] or 0.0
+        share = s["seconds"] / full["seconds"]
+        steady = (s["seconds"] - start) / max(full["seconds"] - full_start, 1e-9)
+        shards = f"{s['shards_added']}/{s['shards_removed']}/{s['shards_reused']}"
         print(
-            f"{'full':>22} {full_s:>8.1f} {full['startup_seconds'] or 0:>13.1f} {full['rows_this_run']:>7} "
-            f"{full['shards_added']:>5}/{full['shards_removed']}/{full['shards_reused']:<6} {1.0:>13.3f}"
-        )
-        print(
-            f"{case:>22} {again_s:>8.1f} {startup:>13.1f} {again['rows_this_run']:>7} "
-            f"{again['shards_added']:>5}/{again['shards_removed']}/{again['shards_reused']:<6} "
-            f"{again_s / full_s:>13.3f}  (without the actor start {(again_s - startup) / (full_s - (full['startup_seconds'] or 0)):.3f})",
+            f"{case:>22} {stage_s:>8.1f} {s['seconds']:>9.1f} {start:>11.1f} {s['rows_this_run']:>7} "
+            f"{s['rows_carried']:>7} {shards:>14} {share:>8.3f} {steady:>9.3f}",
             flush=True,
         )
-        shutil.rmtree(pool, ignore_errors=True)
+
+    run("full")
+    extra = n // 100
+    folder = [f"new/img{i:07d}.png" for i in range(extra)]
+    make_image_pool(pool, folder, 1)
+    run("+1 % new sub-folder")
+    shutil.rmtree(os.path.join(pool, "new"))
+    run("-1 % (folder removed)")
+    spread = [f"c{i % 20:02d}/img{2 * i * (n // extra) + 1:07d}.png" for i in range(extra)]
+    make_image_pool(pool, spread, 2)
+    run("+1 % spread among names")
+    shutil.rmtree(pool, ignore_errors=True)
 
 
 if __name__ == "__main__":

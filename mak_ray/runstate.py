@@ -63,6 +63,21 @@ class ShardCounts:
     done: int
     to_add: int
     to_remove: int
+    rows_to_add: int | None = None  # rows of the shards to add (None while a tar shard's count is unknown)
+    rows_to_remove: int = 0  # rows of the finished shards to remove
+
+    def rows_text(self) -> str:
+        """The rows behind the shard counts: a shard to add whose objects a shard to remove holds unchanged
+        gets their rows carried over, so at least ``rows_to_add - rows_to_remove`` rows are read and scored."""
+        if not self.to_add:
+            return ""
+        add = "?" if self.rows_to_add is None else f"{self.rows_to_add:,}"
+        text = f"; rows in the shards to add: {add}"
+        if self.rows_to_remove:
+            text += f", of which up to {self.rows_to_remove:,} carried over from the shards to remove"
+            if self.rows_to_add is not None:
+                text += f" (at least {max(0, self.rows_to_add - self.rows_to_remove):,} to score)"
+        return text
 
 
 @dataclass
@@ -267,9 +282,11 @@ def score_shards(cfg: MakConfig, layout: RunLayout, unit: UnitState) -> ShardCou
     from mak_ray.score.engine import shard_delta
 
     delta = shard_delta(survey_input(cfg.data.pool, cfg.data), layout.scores)
-    if unit.action == RUN:
+    if unit.action == RUN:  # nothing is kept or carried over
         return ShardCounts(0, delta["done"] + delta["to_add"], delta["done"] + delta["to_remove"])
-    return ShardCounts(delta["done"], delta["to_add"], delta["to_remove"])
+    return ShardCounts(
+        delta["done"], delta["to_add"], delta["to_remove"], delta["rows_to_add"], delta["rows_to_remove"] or 0
+    )
 
 
 def describe(states: list[StageState], as_plan: bool = False) -> list[str]:
@@ -299,6 +316,7 @@ def describe(states: list[StageState], as_plan: bool = False) -> list[str]:
             lines.append(
                 f"  {'shards':<{width - 2}}{c.done} done, {c.to_add} to add, {c.to_remove} to remove"
                 + (" (the finished ones are deleted first)" if s.unit.action == RUN and c.to_remove else "")
+                + c.rows_text()
             )
         elif s.shard_error:
             lines.append(f"  {'shards':<{width - 2}}cannot plan the pool: {s.shard_error}")

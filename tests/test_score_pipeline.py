@@ -256,7 +256,7 @@ def test_tar_and_parquet_pools(ray_session, model_uri, centroids, tmp_path):
     s = embed_images(str(pq_dir), make_cfg(str(pq_dir), emb_out), model_uri, emb_out)
     assert (s["inputs"], s["scored"]) == (42, 39)
     e = table(emb_out)
-    assert e.column_names == ["id", "embedding", "label", "error", "shard"]
+    assert e.column_names == ["id", "embedding", "label", "error", "shard", "object_version"]
     ids_ok, labels, emb = load_valid_embeddings(emb_out, with_ids=True)
     assert emb.shape == (39, 64) and len(ids_ok) == 39 and set(labels) == {"c0", "c1"}
     ref = table(out).filter(pc.is_null(table(out)["error"]))

@@ -8,6 +8,7 @@ of rows:
     id (str), image (uint8 [h, w, 3] frame, see decode_frame; [1, 1, 3] zeros when the row failed),
     label (str | None),
     error (str | None), shard (str), row (int64: position within the shard),
+    object_version (str | None: ``<size>:<version>`` of the listed object the row came from),
     shard_rows (int64: the shard's row count on its last row, 0 on every other row)
 
 The shard's row count is only known once it has been read to the end (tar shards carry no index), so only
@@ -95,6 +96,7 @@ def read_shard(
     ids: list[str] = []
     labels: list[str | None] = []
     errors: list[str | None] = []
+    versions: list[str | None] = []
     frames: list[np.ndarray] = []
     row = 0
     first_row = 0
@@ -114,9 +116,10 @@ def read_shard(
                 "shard": [shard.shard_id] * n,
                 "row": np.arange(first_row, first_row + n, dtype=np.int64),
                 "shard_rows": shard_rows,
+                "object_version": versions,
             }
         )
-        ids.clear(), labels.clear(), errors.clear(), frames.clear()
+        ids.clear(), labels.clear(), errors.clear(), versions.clear(), frames.clear()
         return out
 
     foreign = owners if owners and shard.kind == "parquet" else None
@@ -134,6 +137,7 @@ def read_shard(
         ids.append(rec.id)
         labels.append(rec.label)
         errors.append(err)
+        versions.append(shard.version_of(row))
         row += 1
         if last:
             total = row

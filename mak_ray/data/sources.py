@@ -35,6 +35,14 @@ class Shard:
     row_groups: list[int] | None = None  # "parquet" cut by row group: the one file's row groups to read
     rows: int | None = None  # "parquet": rows in the shard, from the footer (None when it was unreadable)
     errors: list[str | None] | None = None  # per path: a failure found while listing (the object is not read)
+    versions: list[str] | None = None  # per path: its object version (see object_version) when listed
+
+    def version_of(self, row: int) -> str | None:
+        """The object version of the ``row``-th record this shard yields (a tar's or Parquet file's members
+        share the file's)."""
+        if not self.versions:
+            return None
+        return self.versions[row] if self.kind == "files" else self.versions[0]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -48,10 +56,13 @@ class Shard:
         """The shard whose manifest rows are ``rows``."""
         ids = rows.column("id").to_pylist()
         errors = rows.column("error").to_pylist()
+        versions = object_versions(rows).to_pylist()
         if kind == "files":
-            return cls(sid, kind, ids, rows.column("label").to_pylist(), errors=errors)
+            return cls(sid, kind, ids, rows.column("label").to_pylist(), errors=errors, versions=versions)
         groups = rows.column("row_groups").to_pylist()[0]
-        return cls(sid, kind, ids[:1], None, groups, rows.column("rows").to_pylist()[0], errors[:1])
+        return cls(
+            sid, kind, ids[:1], None, groups, rows.column("rows").to_pylist()[0], errors[:1], versions[:1]
+        )
 
     @property
     def known_rows(self) -> int | None:
@@ -62,6 +73,16 @@ class Shard:
         if self.errors and self.errors[0]:
             return 1
         return self.rows
+
+
+def object_versions(rows: pa.Table) -> pa.Array:
+    """``<size>:<version>`` (version: local mtime_ns, S3 ETag) of each manifest row: what an output row records
+    of the object it came from, so that a later run knows the object is unchanged without reading it."""
+    import pyarrow.compute as pc
+
+    size = rows.column("size").cast(pa.string())
+    version = pc.fill_null(rows.column("version"), "")
+    return pc.binary_join_element_wise(size, version, ":").combine_chunks()
 
 
 def load_shard(unit: dict[str, Any], part_uris: list[str]) -> Shard:

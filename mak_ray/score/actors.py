@@ -194,7 +194,9 @@ class ModelActor:
     def _slice(
         self, batch: dict[str, np.ndarray], errors: np.ndarray, idx: np.ndarray, r: dict[str, np.ndarray]
     ) -> dict[str, Any]:
-        out: dict[str, Any] = {k: batch[k] for k in ("id", "shard", "row", "shard_rows") if k in batch}
+        out: dict[str, Any] = {
+            k: batch[k] for k in ("id", "shard", "row", "shard_rows", "object_version") if k in batch
+        }
         out["label"] = [text_or_none(v) for v in batch["label"]]
         out["error"] = errors  # rows failing here get one
         self.columns(errors, idx, r, out)

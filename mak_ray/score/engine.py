@@ -17,8 +17,10 @@ and a cold write worker after the last batch.
 
 Incremental: a shard's id depends only on its own objects, and ``params.json`` records what every row
 depends on (the model's digest, the negative bank's and the centroids' digests, the scoring settings). A
-rerun with the same params keeps every finished shard that is still planned, scores only the new ones and
-removes the output of shards no longer in the input (a grown or shrunk pool costs only its change); a rerun
+rerun with the same params keeps every finished shard that is still planned; into each new shard it first
+carries the rows of its objects that an old shard (finished, no longer planned) holds unchanged
+(:mod:`mak_ray.score.carry`), then reads and scores only the rest, and finally removes the old shards' output
+(a grown or shrunk pool costs only its change, even when new objects fall among existing names); a rerun
 with other params starts the output afresh, saying which field changed.
 
 No duplicates, ever: before a run, every shard without a marker loses its partial output; part names are
@@ -54,6 +56,8 @@ from mak_ray.data.manifest import plan_for
 from mak_ray.layout import ShardedOutput
 from mak_ray.score import markers
 from mak_ray.score.actors import Embedder, ModelActor, Scorer, ScorerParams, map_actors
+from mak_ray.score.carry import RECORD_SCHEMA, carry_over, residual_dir
+from mak_ray.score.parts import RECORD_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +129,15 @@ def _clear(out: ShardedOutput) -> None:
     storage.delete(out.summary)
 
 
-def _prepare(out: ShardedOutput, units: pa.Table, params: dict[str, Any]) -> tuple[pa.Table, dict[str, int]]:
-    """The markers of finished shards that are still planned (their rows are kept); removes the output of
-    shards not planned any more, the partial output of unfinished ones, and everything when the params of the
-    output differ from ``params``. Returns the kept markers and the shard counts (reused, removed)."""
+def _prepare(
+    out: ShardedOutput, units: pa.Table, params: dict[str, Any]
+) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """The markers of finished shards that are still planned (their rows are kept) and of finished shards no
+    longer planned (the *old* shards: their unchanged rows may be carried over into changed shards, see
+    :mod:`mak_ray.score.carry`; :func:`_remove_old` removes them once the run is complete). Removes now the
+    unmarked output of shards not planned, the partial output of unfinished planned ones, and everything when
+    the params of the output differ from ``params``. Returns the kept markers, the old ones and the shard
+    counts (reused, removed)."""
     if storage.exists(out.params):
         old = storage.read_json(out.params)
         if old != params:
@@ -144,35 +153,59 @@ def _prepare(out: ShardedOutput, units: pa.Table, params: dict[str, Any]) -> tup
     done = markers.read_markers(out)
     present = _shard_dirs(out)
     planned = units.column("shard")
-    keep = done.filter(pc.is_in(done["shard"], value_set=planned))
-    stale_marked = done.filter(pc.invert(pc.is_in(done["shard"], value_set=planned))).column("shard")
-    stale = pc.filter(present, pc.invert(pc.is_in(present, value_set=planned)))
-    removed = pc.unique(pa.concat_arrays([stale, stale_marked.combine_chunks().cast(pa.string())]))
-    if len(removed):
-        log.info("%s: %d shards are no longer in the input: removing their output", out.root, len(removed))
-        _delete_shards(out, removed.to_pylist())
-    if len(removed) or done.num_rows != keep.num_rows or done.num_rows > markers.BATCH_SHARDS:
+    in_plan = pc.is_in(done["shard"], value_set=planned)
+    keep, old = done.filter(in_plan), done.filter(pc.invert(in_plan))
+    unmarked = pc.filter(present, pc.invert(pc.is_in(present, value_set=done.column("shard"))))
+    stale = pc.filter(unmarked, pc.invert(pc.is_in(unmarked, value_set=planned)))
+    if len(stale):
+        log.info(
+            "%s: removing the unfinished output of %d shards no longer in the input", out.root, len(stale)
+        )
+        _delete_shards(out, stale.to_pylist())
+    if not old.num_rows and (done.num_rows != keep.num_rows or done.num_rows > markers.BATCH_SHARDS):
         markers.rewrite(out, keep)
-    partial = pc.filter(present, pc.invert(pc.is_in(present, value_set=keep.column("shard"))))
-    partial = pc.filter(partial, pc.is_in(partial, value_set=planned))
+    partial = pc.filter(unmarked, pc.is_in(unmarked, value_set=planned))
     if len(partial):
         log.info("%s: removing the partial output of %d interrupted shards", out.root, len(partial))
         _delete_shards(out, partial.to_pylist())
-    return keep, {"reused": keep.num_rows, "removed": len(removed)}
+    return keep, old, {"reused": keep.num_rows, "removed": old.num_rows + len(stale)}
 
 
-def shard_delta(plan: Plan, out: ShardedOutput) -> dict[str, int]:
+def _remove_old(out: ShardedOutput, old: pa.Table, planned: pa.ChunkedArray) -> None:
+    """Drop the old shards once every planned shard is marked: their markers first (so an interrupted removal
+    leaves only unmarked folders, which the next run removes), then their rows."""
+    if not old.num_rows:
+        return
+    log.info("%s: %d shards are no longer in the input: removing their output", out.root, old.num_rows)
+    current = markers.read_markers(out)
+    markers.rewrite(out, current.filter(pc.is_in(current["shard"], value_set=planned)))
+    _delete_shards(out, old.column("shard").to_pylist())
+
+
+def shard_delta(plan: Plan, out: ShardedOutput) -> dict[str, int | None]:
     """What a scoring run of ``plan`` into ``out`` would do at shard level, from the shard index, the markers
     and the output's folder names only (no image is read): shards ``done`` (finished and still planned),
-    ``to_add`` (planned, not finished) and ``to_remove`` (in the output, not planned). It assumes the params
-    match; when they do not (see ``params.json``), every planned shard is to add."""
-    planned = plan.shard_table().column("shard")
-    done = markers.read_markers(out).column("shard")
+    ``to_add`` (planned, not finished) and ``to_remove`` (in the output, not planned), with ``rows_to_add``
+    (None while a tar shard's count is unknown) and ``rows_to_remove`` (rows of the finished ones: the
+    unchanged objects among them are carried over into the shards to add, not scored again). It assumes the
+    params match; when they do not (see ``params.json``), every planned shard is to add."""
+    index = plan.shard_table()
+    planned = index.column("shard")
+    marked = markers.read_markers(out)
+    done = marked.column("shard")
     present = _shard_dirs(out) if storage.exists(out.root) else pa.array([], pa.string())
     kept = pc.sum(pc.is_in(done, value_set=planned).cast(pa.int64())).as_py() or 0
     extra = pc.unique(pa.concat_arrays([done.combine_chunks().cast(pa.string()), present]))
     removed = pc.sum(pc.invert(pc.is_in(extra, value_set=planned)).cast(pa.int64())).as_py() or 0
-    return {"done": int(kept), "to_add": len(planned) - int(kept), "to_remove": int(removed)}
+    add_rows = index.filter(pc.invert(pc.is_in(planned, value_set=done))).column("rows")
+    old_rows = marked.filter(pc.invert(pc.is_in(done, value_set=planned))).column("rows")
+    return {
+        "done": int(kept),
+        "to_add": len(planned) - int(kept),
+        "to_remove": int(removed),
+        "rows_to_add": None if add_rows.null_count else int(pc.sum(add_rows).as_py() or 0),
+        "rows_to_remove": int(pc.sum(old_rows).as_py() or 0),
+    }
 
 
 # ------------------------------------------------------------------------------------------- engine
@@ -192,25 +225,56 @@ class _Progress:
         self.rows: collections.Counter = collections.Counter()  # in flight
         self.failed: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self.total: dict[str, int] = {}
+        self.carried: dict[str, int] = {}  # in flight: rows carried over, besides those the read yields
+        self.bounds: dict[str, tuple[str, str]] = {}  # in flight: smallest and largest id seen
         self.finished: set[str] = set()
         self.done_rows = 0
         self.finished_unknown_rows = 0
         self.finished_unknown = 0
-        self.inputs = self.scored = 0
+        self.inputs = self.scored = self.carried_rows = 0
         self.by_reason: collections.Counter = collections.Counter()
         self.actor_rss = 0
         self.first_ready = float("inf")  # epoch seconds when the first actor had its model loaded
         self.start = self.last_log = time.monotonic()
 
-    def add(self, sid: str, n: int, failed: dict, total: int, rss: int, ready_at: float = 0.0) -> None:
+    def _span(self, sid: str, first: str | None, last: str | None) -> None:
+        if first is None or last is None:
+            return
+        lo, hi = self.bounds.get(sid, (first, last))
+        self.bounds[sid] = (min(lo, first), max(hi, last))
+
+    def carry(self, sid: str, n: int, failed: dict, first: str, last: str, rest: int) -> None:
+        """``n`` rows of shard ``sid`` carried over from the earlier output; ``rest`` rows are left to score
+        (the shard is finished now when none is)."""
+        self.rows[sid] += n
+        self.failed[sid].update(failed)
+        self.carried_rows += n
+        self._span(sid, first, last)
+        if rest:
+            self.carried[sid] = n
+        else:
+            self.finish(sid, n)
+
+    def add(
+        self,
+        sid: str,
+        n: int,
+        failed: dict,
+        total: int,
+        rss: int,
+        ready_at: float = 0.0,
+        first: str | None = None,
+        last: str | None = None,
+    ) -> None:
         self.rows[sid] += n
         self.done_rows += n
         self.failed[sid].update(failed)
+        self._span(sid, first, last)
         self.actor_rss = max(self.actor_rss, rss)
         if ready_at > 0:
             self.first_ready = min(self.first_ready, ready_at)
         if total:
-            self.total[sid] = total
+            self.total[sid] = total + self.carried.get(sid, 0)
         if sid in self.total and self.rows[sid] > self.total[sid]:
             raise RuntimeError(f"shard {sid}: {self.rows[sid]} rows written but it has {self.total[sid]}")
         if self.total.get(sid) == self.rows[sid]:
@@ -226,8 +290,10 @@ class _Progress:
         rows = int(self.rows.pop(sid, 0))
         failed = dict(self.failed.pop(sid, {}))
         self.total.pop(sid, None)
+        self.carried.pop(sid, None)
+        first, last = self.bounds.pop(sid, (None, None))
         scored = rows - sum(failed.values())
-        self.markers.add(sid, rows, scored, failed)
+        self.markers.add(sid, rows, scored, failed, first, last)
         self.finished.add(sid)
         self.inputs += rows
         self.scored += scored
@@ -264,39 +330,52 @@ def _run(
     params: dict[str, Any],
 ) -> dict:
     """Read the planned shards not finished with these ``params`` through ``actor`` actors (constructed with
-    ``ctor`` plus where to write), mark each shard when its rows are all written, and write the summary."""
+    ``ctor`` plus where to write), after carrying the unchanged rows of old shards into them; mark each shard
+    when its rows are all written, remove the old shards, and write the summary."""
     t0, wall0 = time.monotonic(), time.time()
     units = plan.shard_table()
-    kept, delta = _prepare(out, units, params)
+    kept, old, delta = _prepare(out, units, params)
     todo = units.filter(pc.invert(pc.is_in(units["shard"], value_set=kept.column("shard"))))
     what = f"{actor.__name__.lower()} {out.root}"
+    progress = _Progress(out, todo, cfg.score.log_every_s, what)
+    residual = residual_dir(plan.manifest, out)
+    carried = carry_over(out, todo, plan.part_uris, old, residual)
+    for sid, n, failed, first, last, rest in zip(
+        *(carried.records[c].to_pylist() for c in RECORD_SCHEMA.names)
+    ):
+        progress.carry(sid, n, json.loads(failed), first, last, rest)
+    # what is left to read: the shards nothing was carried into, and the residual shards of the others
+    parts = plan.part_uris + carried.parts
+    shifted = pc.add(carried.units["part"], pa.scalar(len(plan.part_uris), pa.int32()))
+    reads = pa.concat_tables(
+        [
+            todo.filter(pc.invert(pc.is_in(todo["shard"], value_set=carried.records["shard"]))),
+            carried.units.set_column(carried.units.schema.get_field_index("part"), "part", shifted),
+        ]
+    )
     log.info(
-        "%s: %d shards: %d reused, %d to score, %d removed",
+        "%s: %d shards: %d reused, %d to score (%d rows carried over into %d of them), %d removed",
         what,
         units.num_rows,
         delta["reused"],
         todo.num_rows,
+        carried.rows,
+        carried.records.num_rows,
         delta["removed"],
     )
-    progress = _Progress(out, todo, cfg.score.log_every_s, what)
-    if todo.num_rows:
+    if reads.num_rows:
         ctor = {**ctor, "write": {"out_uri": out.root}}
         owners = cross_shard_owners(units, plan.part_uris, cfg.data)  # all shards: reruns fail the same rows
-        ds = image_dataset(todo, plan.part_uris, cfg.data, owners=owners)
-        records = map_actors(ds, cfg, actor, ctor, shards=todo.num_rows)
+        ds = image_dataset(reads, parts, cfg.data, owners=owners)
+        records = map_actors(ds, cfg, actor, ctor, shards=reads.num_rows)
         for batch in records.iter_batches(batch_size=None, batch_format="numpy"):
-            for sid, n, failed, total, rss, ready in zip(
-                batch["shard"],
-                batch["n"],
-                batch["failed"],
-                batch["total"],
-                batch["max_rss"],
-                batch["ready_at"],
-            ):
-                progress.add(str(sid), int(n), json.loads(failed), int(total), int(rss), float(ready))
+            for sid, n, failed, total, rss, ready, first, last in zip(*(batch[c] for c in RECORD_COLUMNS)):
+                progress.add(
+                    str(sid), int(n), json.loads(failed), int(total), int(rss), float(ready), first, last
+                )
         # The stream ended without error, so every row of every shard has been written: mark the rest
         # (shards whose last row was not seen in a record of their own, and empty shards).
-        for sid, known in zip(todo.column("shard").to_pylist(), todo.column("rows").to_pylist()):
+        for sid, known in zip(reads.column("shard").to_pylist(), reads.column("rows").to_pylist()):
             if sid in progress.finished:
                 continue
             if sid in progress.total and progress.total[sid] != progress.rows[sid]:
@@ -304,9 +383,13 @@ def _run(
                     f"shard {sid}: {progress.rows[sid]} rows written, {progress.total[sid]} read"
                 )
             progress.finish(sid, known)
-        progress.markers.flush()
+    progress.markers.flush()
+    if todo.num_rows:
         progress.log_line(time.monotonic())
+    _remove_old(out, old, units.column("shard"))
+    storage.delete(residual)
     inputs, scored, by_reason = markers.totals(kept)
+    reused_rows = inputs
     inputs, scored = inputs + progress.inputs, scored + progress.scored
     by_reason.update(progress.by_reason)
     seconds = time.monotonic() - t0
@@ -328,7 +411,9 @@ def _run(
             "manifest": plan.manifest,
             "seconds": plan.seconds,
         },
-        "rows_this_run": progress.inputs,
+        "rows_reused": reused_rows + progress.carried_rows,
+        "rows_carried": progress.carried_rows,
+        "rows_this_run": progress.inputs - progress.carried_rows,
     }
     return _summarise(out, summary, seconds, progress.actor_rss, startup)
 
@@ -365,7 +450,8 @@ def _summarise(
     )
     storage.write_json(out.summary, summary)
     log.info(
-        "%s: %d inputs = %d scored + %d failed %s; %d skipped %s; shards: %d reused, %d scored, %d removed",
+        "%s: %d inputs = %d scored + %d failed %s; %d skipped %s; shards: %d reused, %d scored, %d removed; "
+        "rows: %d reused (%d of them carried over into changed shards), %d read and scored",
         out.root,
         inputs,
         scored,
@@ -376,6 +462,9 @@ def _summarise(
         summary["shards_reused"],
         summary["shards_added"],
         summary["shards_removed"],
+        summary["rows_reused"],
+        summary["rows_carried"],
+        summary["rows_this_run"],
     )
     return summary
 

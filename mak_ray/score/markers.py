@@ -1,7 +1,8 @@
 """Finished-shard markers of a sharded output, written in batches, and the counts they add up to.
 
 A shard is finished once every one of its rows is in a part file. Its marker (shard id, rows, scored, failed
-by reason) goes into a batch that is written as one Parquet file under ``_markers/`` every
+by reason, and the smallest and largest row id, which a later run uses to find the old shards that may hold
+a changed shard's objects) goes into a batch that is written as one Parquet file under ``_markers/`` every
 ``BATCH_SHARDS`` shards or ``BATCH_SECONDS`` seconds and at the end (JSON lines, so that no reader of the
 output's Parquet parts mistakes it for one), and a pool of 10^5 shards costs a few hundred small writes, not
 10^5 sequential ones. Failure reasons are counters that add up across shards, runs
@@ -28,7 +29,14 @@ log = logging.getLogger(__name__)
 BATCH_SHARDS = 1000
 BATCH_SECONDS = 10.0
 SCHEMA = pa.schema(
-    [("shard", pa.string()), ("rows", pa.int64()), ("scored", pa.int64()), ("failed", pa.string())]
+    [
+        ("shard", pa.string()),
+        ("rows", pa.int64()),
+        ("scored", pa.int64()),
+        ("failed", pa.string()),
+        ("first", pa.string()),  # the smallest row id (None: an empty shard, or a marker without it)
+        ("last", pa.string()),  # the largest
+    ]
 )
 
 
@@ -51,13 +59,19 @@ def _parse(text: str) -> pa.Table:
             cols["rows"].append(m["rows"])
             cols["scored"].append(m["scored"])
             cols["failed"].append(json.dumps(m["failed"], sort_keys=True))
+            cols["first"].append(m.get("first"))
+            cols["last"].append(m.get("last"))
     return pa.table(cols, schema=SCHEMA)
 
 
 def _text(table: pa.Table) -> str:
     return "".join(
-        json.dumps({"shard": s, "rows": r, "scored": c, "failed": json.loads(f)}, sort_keys=True) + "\n"
-        for s, r, c, f in zip(*(table.column(n).to_pylist() for n in SCHEMA.names))
+        json.dumps(
+            {"shard": s, "rows": r, "scored": c, "failed": json.loads(f), "first": a, "last": b},
+            sort_keys=True,
+        )
+        + "\n"
+        for s, r, c, f, a, b in zip(*(table.column(n).to_pylist() for n in SCHEMA.names))
     )
 
 
@@ -92,11 +106,21 @@ class MarkerWriter:
         self.last = time.monotonic()
         self.written = 0
 
-    def add(self, sid: str, rows: int, scored: int, failed: dict[str, int]) -> None:
+    def add(
+        self,
+        sid: str,
+        rows: int,
+        scored: int,
+        failed: dict[str, int],
+        first: str | None = None,
+        last: str | None = None,
+    ) -> None:
         self.rows["shard"].append(sid)
         self.rows["rows"].append(int(rows))
         self.rows["scored"].append(int(scored))
         self.rows["failed"].append(json.dumps(failed, sort_keys=True))
+        self.rows["first"].append(first)
+        self.rows["last"].append(last)
         if len(self.rows["shard"]) >= BATCH_SHARDS or time.monotonic() - self.last >= BATCH_SECONDS:
             self.flush()
 

@@ -3,7 +3,10 @@
 The scoring actor writes its own output (see ``ModelActor(write=...)``): no separate write stage, so no
 third process competing for the CPUs, no object-store copy of the embeddings, and no cold write worker at
 the end of the run. Part names are a function of the rows they hold, so a retried call overwrites rather
-than adds. Each call returns one small accounting record per file for the driver.
+than adds. Each call returns one small accounting record per file for the driver (with the smallest and
+largest id of the file: a shard's id range, kept in its marker, tells a later run which old shards may hold
+a changed shard's objects, see :mod:`mak_ray.score.carry`). Each row records its object's version
+(``object_version``), so that a later run can carry it over while the object is unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +22,15 @@ import pyarrow as pa
 from mak_ray import storage
 from mak_ray.layout import ShardedOutput
 
-RECORD_COLUMNS = ("shard", "n", "failed", "total", "max_rss", "ready_at")
+RECORD_COLUMNS = ("shard", "n", "failed", "total", "max_rss", "ready_at", "first", "last")
+
+
+def part_name(rows: np.ndarray) -> str:
+    """The name of the part holding a shard's rows at positions ``rows`` (sorted): a function of those rows, so
+    that a retried write overwrites the same file and two parts of one shard never share a name."""
+    rows = np.asarray(rows, dtype=np.int64)
+    digest = hashlib.sha1(rows.tobytes()).hexdigest()[:12]
+    return f"part-{int(rows[0]):09d}-{digest}.parquet"
 
 
 def _table(cols: dict[str, np.ndarray], emb_dtype: str) -> pa.Table:
@@ -40,6 +51,10 @@ def _table(cols: dict[str, np.ndarray], emb_dtype: str) -> pa.Table:
     arrays["label"] = pa.array([None if v is None else str(v) for v in cols["label"]], pa.string())
     arrays["error"] = pa.array([None if v is None else str(v) for v in cols["error"]], pa.string())
     arrays["shard"] = pa.array([str(s) for s in cols["shard"]], pa.string())
+    if "object_version" in cols:  # what a later run compares to know the object is unchanged
+        arrays["object_version"] = pa.array(
+            [None if v is None else str(v) for v in cols["object_version"]], pa.string()
+        )
     assert all(len(a) == n for a in arrays.values())
     return pa.table(arrays)
 
@@ -60,10 +75,7 @@ def write_parts(
         m = np.flatnonzero(shards == sid)
         m = m[np.argsort(cols["row"][m], kind="stable")]
         part = {k: v[m] for k, v in cols.items()}
-        rows = np.asarray(part["row"], dtype=np.int64)
-        digest = hashlib.sha1(rows.tobytes()).hexdigest()[:12]
-        name = f"part-{int(rows[0]):09d}-{digest}.parquet"
-        storage.write_parquet(_table(part, emb_dtype), out.part(sid, name))
+        storage.write_parquet(_table(part, emb_dtype), out.part(sid, part_name(part["row"])))
         reasons = collections.Counter(str(e) for e in part["error"] if e is not None)
         rec["shard"].append(sid)
         rec["n"].append(len(m))
@@ -71,6 +83,9 @@ def write_parts(
         rec["total"].append(int(np.max(part["shard_rows"])))
         rec["max_rss"].append(int(np.max(part["max_rss"])) if "max_rss" in part else 0)
         rec["ready_at"].append(float(ready_at))
+        ids = [str(i) for i in part["id"]]
+        rec["first"].append(min(ids))
+        rec["last"].append(max(ids))
     return {
         "shard": np.array(rec["shard"], dtype=object),
         "n": np.array(rec["n"], dtype=np.int64),
@@ -78,4 +93,6 @@ def write_parts(
         "total": np.array(rec["total"], dtype=np.int64),
         "max_rss": np.array(rec["max_rss"], dtype=np.int64),
         "ready_at": np.array(rec["ready_at"], dtype=np.float64),
+        "first": np.array(rec["first"], dtype=object),
+        "last": np.array(rec["last"], dtype=object),
     }
