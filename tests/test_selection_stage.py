@@ -108,23 +108,7 @@ def _run(cfg, method: str) -> tuple[dict, list[str]]:
 def test_streamed_selection_equals_in_memory(fake_run, method, ray_session):
     cfg, ids, ecle, prox, emb, target = fake_run
     summary, got = _run(cfg, method)
-    stats = ScoreStats.empty().update(ecle, prox)
-    want = select(
-        method,
-        k=40,
-        ids=ids,
-        ecle=ecle,
-        proximity=prox,
-        embeddings=emb,
-        target_embeddings=target,
-        nn=_nn(emb, target),
-        gate=_gate(cfg),
-        stats=stats,
-        loss_weight=0.5,
-        core_ratio=1.5,
-        seed=cfg.run.seed,
-    )
-    assert got == [str(i) for i in want.ids]
+    assert got == _want(cfg, method, ids, ecle, prox, emb, target)
     if method == "mak_gated":  # the gate keeps some rows and not all: both sides of the key are exercised
         gated = _nn(emb, target) <= _gate(cfg)
         assert 60 < gated.sum() < len(gated) and summary["gate_nn_distance"] == _gate(cfg)
