@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from bench import load1
 from mak_ray.kcenter.greedy import greedy_k_center
@@ -77,7 +78,16 @@ def make_embeddings(
 
 
 def plain_greedy(x: np.ndarray, k: int, init: np.ndarray | None) -> tuple[np.ndarray, float]:
-    """Unpruned farthest-first (one full pass per pick, exact); returns picks and seconds."""
+    """Unpruned farthest-first (one full pass per pick, exact); returns picks and seconds.
+
+    One BLAS thread, as in the greedy's own traversal: a product per pick over a few thousand rows is
+    slower on spinning BLAS threads, on a busy machine many times slower.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _plain_greedy(x, k, init)
+
+
+def _plain_greedy(x: np.ndarray, k: int, init: np.ndarray | None) -> tuple[np.ndarray, float]:
     t0 = time.perf_counter()
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
     mind = np.full(len(x), np.inf, dtype=np.float32)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -107,6 +113,79 @@ def test_spatial_shards_stay_close_to_single_stage():
     full = covering_radius(x, np.vstack([x[ids], init]), "cosine")
     assert full <= radii[-1] + 1e-6
     assert full <= 1.25 * single_r[-1]
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    """Every array and table inside a value that ``ray.get`` returned."""
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _leaves(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _leaves(v)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _leaves(getattr(value, f.name))
+    elif isinstance(value, (np.ndarray, pa.Table)):
+        yield value
+
+
+def test_file_two_stage_keeps_the_candidates_out_of_the_caller(tmp_path, ray_session, monkeypatch):
+    """The select stage's two-stage path over candidate files: the shard actors read the files; the caller
+    gets back pick indices and distances (one value per pick) and the chosen rows without embeddings, puts
+    nothing in the object store, and the bound it reports covers every candidate."""
+    import ray
+
+    from bench.bench_two_stage import positions, write_candidate_files
+    from mak_ray.select.cut import Cut
+    from mak_ray.select.finish import FinishSpec, two_stage
+
+    n, k, dim = 900, 60, 16
+    x = clustered(n, 11, d=dim)
+    target = clustered(40, 12, d=dim)
+    uris = write_candidate_files(str(tmp_path), x, 3)
+    got: list[Any] = []
+    put: list[Any] = []
+    real_get, real_put = ray.get, ray.put
+
+    def get(refs, *args, **kwargs):
+        out = real_get(refs, *args, **kwargs)
+        got.append(out)
+        return out
+
+    def put_(value, *args, **kwargs):
+        put.append(value)
+        return real_put(value, *args, **kwargs)
+
+    monkeypatch.setattr(ray, "get", get)
+    monkeypatch.setattr(ray, "put", put_)
+    spec = FinishSpec(
+        method="mak",
+        k=k,
+        n_candidates=n,
+        cut=Cut(min_key=-math.inf),
+        stats={},
+        loss_weight=0.5,
+        target_root="",
+        device="cpu",
+        shards=3,
+    )
+    chosen, radii, info = two_stage(spec, uris, target)
+    monkeypatch.undo()
+    assert put == []
+    leaves = list(_leaves(got))
+    assert leaves, "the picks come back through ray.get"
+    for leaf in leaves:
+        if isinstance(leaf, pa.Table):
+            assert "embedding" not in leaf.column_names and leaf.num_rows <= k
+        else:
+            assert leaf.ndim == 1 and len(leaf) <= max(info["per_shard_k"]) + 1
+    received = sum(leaf.num_rows if isinstance(leaf, pa.Table) else len(leaf) for leaf in leaves)
+    assert received <= 2 * info["union_size"] + 3 * k  # per pick: an index, a distance; then the chosen rows
+    picked = positions(chosen)
+    assert len(set(picked.tolist())) == k and sum(info["shard_sizes"]) == n
+    decoded = x.astype(np.float16).astype(np.float32)  # what the files hold
+    assert covering_radius(decoded, np.vstack([decoded[picked], target]), "cosine") <= radii[-1] + 1e-5
 
 
 @pytest.mark.parametrize(

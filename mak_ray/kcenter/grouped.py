@@ -323,7 +323,18 @@ class GroupedGreedy:
     # ------------------------------------------------------------------ traversal
 
     def run(self, k: int) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
-        """``(picks, squared radius after each pick, points and centers measured per pick)``."""
+        """``(picks, squared radius after each pick, points and centers measured per pick)``.
+
+        The traversal's BLAS calls run on one thread: they are small (a product over a few thousand rows per
+        pick), so waking BLAS threads costs more than it saves, and on a busy machine the threads' spinning
+        takes the cores that other work needs.  The up-front passes over all candidates keep every thread.
+        """
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._traverse(k)
+
+    def _traverse(self, k: int) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
         x, sqx, mind2 = self.x, self.sqx, self.mind2
         picks = np.empty(k, dtype=np.int64)
         radii2 = np.empty(k, dtype=np.float64)

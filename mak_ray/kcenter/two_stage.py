@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -67,13 +68,16 @@ def nearest_centroid(points: np.ndarray, centroids: np.ndarray, metric: str) -> 
 
 @dataclass
 class ShardPicks:
-    """One shard's stage-1 result: its picks (local indices), each pick's distance, and its radius after the
-    last pick (0 when it picked all its points)."""
+    """One shard's stage-1 result: its picks (local indices), each pick's distance, its radius after the
+    last pick (0 when it picked all its points), and the wall and CPU seconds of the run (the CPU seconds of
+    the shard's process: on a shared machine they show the work apart from the waiting)."""
 
     picks: np.ndarray
     pick_distance: np.ndarray
     final_radius: float
     size: int
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 class ShardWorker:
@@ -99,11 +103,13 @@ class ShardWorker:
         budget = min(int(budget), n)
         if budget <= 0:
             return ShardPicks(np.zeros(0, np.int64), np.zeros(0), 0.0 if n == 0 else math.inf, n)
+        t0, c0 = time.perf_counter(), time.process_time()
         picks, radii = greedy_k_center(self.points, budget, self.init, metric=self.metric, device=self.device)
         first = _distance_to(self.points[picks[0]], self.init, self.metric)
         pick_distance = np.concatenate([[first], radii[:-1]])
         final = 0.0 if budget == n else float(radii[-1])
-        self.last = ShardPicks(np.asarray(picks, np.int64), pick_distance, final, n)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        self.last = ShardPicks(np.asarray(picks, np.int64), pick_distance, final, n, seconds, cpu)
         return self.last
 
     def selected_rows(self, count: int) -> Any:
@@ -194,6 +200,8 @@ def run_two_stage(
     while sum(b) < k:  # explicit budgets that cannot hold k picks grow, as a cut-short shard's do
         b = [min(n, 2 * bj) for n, bj in zip(sizes, b)]
     results = get([call(w, "run", bj) for w, bj in zip(workers, b)])
+    seconds = [r.seconds for r in results]
+    cpu = [r.cpu_seconds for r in results]
     rounds = 1
     merged = merge_picks(results, k)
     while merged.cut_short and rounds < MAX_ROUNDS:
@@ -203,6 +211,8 @@ def run_two_stage(
         redo = {j: call(workers[j], "run", b[j]) for j in merged.cut_short}
         for j, ref in redo.items():
             results[j] = get(ref)
+            seconds[j] += results[j].seconds
+            cpu[j] += results[j].cpu_seconds
         merged = merge_picks(results, k)
         log.info("two-stage round %d: shards %s ran again with larger budgets", rounds, merged.cut_short)
     info = {
@@ -213,6 +223,8 @@ def run_two_stage(
         "rounds": rounds,
         "cut_short": merged.cut_short,
         "radius_bound": float(merged.radii[-1]),
+        "shard_seconds": [round(v, 3) for v in seconds],  # every round's greedy runs, per shard
+        "shard_cpu_seconds": [round(v, 3) for v in cpu],
     }
     return merged, info, results
 
