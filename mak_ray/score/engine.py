@@ -8,9 +8,9 @@ records, adds them up per shard in flight and writes the markers of finished sha
 (:mod:`mak_ray.score.markers`).
 
 Throughput on few CPUs: when the read tasks and the actors ask for the same CPU share, Ray fuses the read
-into the actors, so one actor call reads and scores one shard with no copy in between. The scorer's
-``map_batches`` therefore takes the blocks as they come (``batch_size=None``): a row batch size there would
-make Ray bundle that many *shard descriptions* into one fused task, and one actor would read and score
+into the actors, so one actor call reads and scores one read block (one shard, or several small ones) with no
+copy in between. The scorer's ``map_batches`` therefore takes the blocks as they come (``batch_size=None``): a
+row batch size there would make Ray bundle that many *read blocks* into one fused task, and one actor would read and score
 every shard while the others idle. The scorer slices each block into ``score.batch_size`` rows itself.
 Writing inside the actor avoids a third kind of process on the CPUs, an object-store copy of the outputs
 and a cold write worker after the last batch.
@@ -20,7 +20,10 @@ depends on (the model's digest, the negative bank's and the centroids' digests, 
 rerun with the same params keeps every finished shard that is still planned; into each new shard it first
 carries the rows of its objects that an old shard (finished, no longer planned) holds unchanged
 (:mod:`mak_ray.score.carry`), then reads and scores only the rest, and finally removes the old shards' output
-(a grown or shrunk pool costs only its change, even when new objects fall among existing names); a rerun
+(a grown or shrunk pool costs only its change, even when new objects fall among existing names). Shards are
+read in blocks of up to ``data.files_per_shard`` rows (:func:`mak_ray.data.dataset.read_blocks`), so the
+many small residual shards of a pool grown among its names share a few read/score tasks instead of paying
+the scheduler's per-task cost each; every row still lands in its own shard's part files. A rerun
 with other params starts the output afresh, saying which field changed.
 
 No duplicates, ever: before a run, every shard without a marker loses its partial output; part names are
@@ -51,6 +54,7 @@ import pyarrow.compute as pc
 from mak_ray import storage
 from mak_ray.config import MakConfig
 from mak_ray.data import Plan, image_dataset
+from mak_ray.data.dataset import read_blocks
 from mak_ray.data.duplicates import cross_shard_owners
 from mak_ray.data.manifest import plan_for
 from mak_ray.layout import ShardedOutput
@@ -366,8 +370,9 @@ def _run(
     if reads.num_rows:
         ctor = {**ctor, "write": {"out_uri": out.root}}
         owners = cross_shard_owners(units, plan.part_uris, cfg.data)  # all shards: reruns fail the same rows
-        ds = image_dataset(reads, parts, cfg.data, owners=owners)
-        records = map_actors(ds, cfg, actor, ctor, shards=reads.num_rows)
+        blocks = read_blocks(reads, cfg.data.files_per_shard)  # small (residual) shards share read tasks
+        ds = image_dataset(blocks, parts, cfg.data, owners=owners)
+        records = map_actors(ds, cfg, actor, ctor, shards=len(blocks))
         for batch in records.iter_batches(batch_size=None, batch_format="numpy"):
             for sid, n, failed, total, rss, ready, first, last in zip(*(batch[c] for c in RECORD_COLUMNS)):
                 progress.add(
