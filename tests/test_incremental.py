@@ -128,7 +128,8 @@ def test_a_grown_pool_scores_only_its_new_shards(
     for name in ("id", "shard", "label", "error", "object_version"):
         assert a[name].equals(b[name]), name
     # The rows scored in this run came through the model in blocks of their own (the changed shards' new
-    # objects), the fresh run's in blocks of other sizes; CPU kernels for batches of 1-3 rows round differently.
+    # objects), the fresh run's in blocks of other sizes; CPU kernels for batches of 1-3 rows round
+    # differently.
     for name in ("ecle", "proximity", "nn_distance"):
         x, y = a[name].to_numpy(zero_copy_only=False), b[name].to_numpy(zero_copy_only=False)
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6, err_msg=name)

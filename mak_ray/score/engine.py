@@ -8,12 +8,12 @@ records, adds them up per shard in flight and writes the markers of finished sha
 (:mod:`mak_ray.score.markers`).
 
 Throughput on few CPUs: when the read tasks and the actors ask for the same CPU share, Ray fuses the read
-into the actors, so one actor call reads and scores one read block (one shard, or several small ones) with no
-copy in between. The scorer's ``map_batches`` therefore takes the blocks as they come (``batch_size=None``): a
-row batch size there would make Ray bundle that many *read blocks* into one fused task, and one actor would read and score
-every shard while the others idle. The scorer slices each block into ``score.batch_size`` rows itself.
-Writing inside the actor avoids a third kind of process on the CPUs, an object-store copy of the outputs
-and a cold write worker after the last batch.
+into the actors, so one actor call reads and scores one read block (one shard, or several small ones) with
+no copy in between. The scorer's ``map_batches`` therefore takes the blocks as they come
+(``batch_size=None``): a row batch size there would make Ray bundle that many *read blocks* into one fused
+task, and one actor would read and score every shard while the others idle. The scorer slices each block
+into ``score.batch_size`` rows itself. Writing inside the actor avoids a third kind of process on the CPUs,
+an object-store copy of the outputs and a cold write worker after the last batch.
 
 Incremental: a shard's id depends only on its own objects, and ``params.json`` records what every row
 depends on (the model's digest, the negative bank's and the centroids' digests, the scoring settings). A
