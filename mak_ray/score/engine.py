@@ -339,11 +339,14 @@ def _run(
     t0, wall0 = time.monotonic(), time.time()
     units = plan.shard_table()
     kept, old, delta = _prepare(out, units, params)
+    phases = {"prepare": time.monotonic() - t0}
     todo = units.filter(pc.invert(pc.is_in(units["shard"], value_set=kept.column("shard"))))
     what = f"{actor.__name__.lower()} {out.root}"
     progress = _Progress(out, todo, cfg.score.log_every_s, what)
     residual = residual_dir(plan.manifest, out)
+    t = time.monotonic()
     carried = carry_over(out, todo, plan.part_uris, old, residual)
+    phases["carry"] = time.monotonic() - t
     for sid, n, failed, first, last, rest in zip(
         *(carried.records[c].to_pylist() for c in RECORD_SCHEMA.names)
     ):
@@ -367,6 +370,7 @@ def _run(
         carried.records.num_rows,
         delta["removed"],
     )
+    t, launch = time.monotonic(), time.time()
     if reads.num_rows:
         ctor = {**ctor, "write": {"out_uri": out.root}}
         owners = cross_shard_owners(units, plan.part_uris, cfg.data)  # all shards: reruns fail the same rows
@@ -388,11 +392,16 @@ def _run(
                     f"shard {sid}: {progress.rows[sid]} rows written, {progress.total[sid]} read"
                 )
             progress.finish(sid, known)
+    phases["read_score"] = time.monotonic() - t
+    if np.isfinite(progress.first_ready):
+        phases["actor_start"] = progress.first_ready - launch
+    t = time.monotonic()
     progress.markers.flush()
     if todo.num_rows:
         progress.log_line(time.monotonic())
     _remove_old(out, old, units.column("shard"))
     storage.delete(residual)
+    phases["finish"] = time.monotonic() - t
     inputs, scored, by_reason = markers.totals(kept)
     reused_rows = inputs
     inputs, scored = inputs + progress.inputs, scored + progress.scored
@@ -419,6 +428,7 @@ def _run(
         "rows_reused": reused_rows + progress.carried_rows,
         "rows_carried": progress.carried_rows,
         "rows_this_run": progress.inputs - progress.carried_rows,
+        "phase_seconds": {k: round(v, 3) for k, v in phases.items()},
     }
     return _summarise(out, summary, seconds, progress.actor_rss, startup)
 
@@ -432,7 +442,10 @@ def _summarise(
 ) -> dict:
     """``images_per_s`` is end to end (this run's rows over all of ``seconds``). ``startup_seconds``: from the
     start of the run until the first scoring actor had its model loaded (worker start, imports, model load);
-    ``steady_images_per_s`` counts the rows over the rest of the run only."""
+    ``steady_images_per_s`` counts the rows over the rest of the run only. ``phase_seconds``: preparing the
+    output (markers, removals), the carry-over, reading and scoring (``actor_start`` of it: from the actor
+    pool's launch until its first actor had its model loaded, absent when nothing was read) and the finish
+    (markers, removing the old shards)."""
     inputs, scored, failed = summary["inputs"], summary["scored"], summary["failed"]
     if inputs != scored + failed:
         raise RuntimeError(
