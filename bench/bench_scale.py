@@ -391,7 +391,9 @@ def growth(n: int, work: str, model: str, ray_start: float) -> None:
     print(f"   ray.init took {ray_start:.1f} s (not in any figure below)")
     print(
         "   scoring = the engine (plan, carry-over, read, score, write, markers); stage = scoring plus the\n"
-        "   pool-wide diagnostics, which read every row again; actor start = until the first actor had its model"
+        "   pool-wide diagnostics, which read every row again; actor start = from the actor pool's launch until\n"
+        "   its first actor had its model; prep / carry / read+score / finish = the engine's phases (read+score\n"
+        "   includes the actor start); w/o start = (scoring - actor start) against the same for the full run"
     )
     names = [f"c{i % 20:02d}/img{2 * i:07d}.png" for i in range(n)]
     pool = os.path.join(work, "grow-pool")
@@ -401,7 +403,8 @@ def growth(n: int, work: str, model: str, ray_start: float) -> None:
     layout = RunLayout(cfg.run.output_uri)
     header = (
         f"{'case':>22} {'stage s':>8} {'scoring s':>9} {'actor start':>11} {'scored':>7} {'carried':>7} "
-        f"{'shards +/-/=':>14} {'of full':>8} {'w/o start':>9}"
+        f"{'shards +/-/=':>14} {'prep':>5} {'carry':>5} {'read+score':>10} {'finish':>6} {'of full':>8} "
+        f"{'w/o start':>9}  load"
     )
     print(header)
     full: dict = {}
@@ -410,16 +413,18 @@ def growth(n: int, work: str, model: str, ray_start: float) -> None:
         t = time.perf_counter()
         s = score_stage.run(cfg, layout)
         stage_s = time.perf_counter() - t
-        start = s["startup_seconds"] or 0.0
+        ph = s["phase_seconds"]
+        start = ph.get("actor_start", 0.0)
         if not full:
             full.update(s, stage_s=stage_s)
-        full_start = full["startup_seconds"] or 0.0
+        full_start = full["phase_seconds"].get("actor_start", 0.0)
         share = s["seconds"] / full["seconds"]
         steady = (s["seconds"] - start) / max(full["seconds"] - full_start, 1e-9)
         shards = f"{s['shards_added']}/{s['shards_removed']}/{s['shards_reused']}"
         print(
             f"{case:>22} {stage_s:>8.1f} {s['seconds']:>9.1f} {start:>11.1f} {s['rows_this_run']:>7} "
-            f"{s['rows_carried']:>7} {shards:>14} {share:>8.3f} {steady:>9.3f}",
+            f"{s['rows_carried']:>7} {shards:>14} {ph['prepare']:>5.1f} {ph['carry']:>5.1f} "
+            f"{ph['read_score']:>10.1f} {ph['finish']:>6.1f} {share:>8.3f} {steady:>9.3f}  {load1()}",
             flush=True,
         )
 

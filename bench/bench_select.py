@@ -17,9 +17,10 @@ The ratio stage/read is the goal's figure (3 or less); ``pool-dependent`` is the
 
 The candidates pass decodes the embedding column of every file that holds a K-center candidate, and how fast
 that is depends on how the column was written: ``--embedding-encoding`` writes it as the scorer does
-(``dictionary``: ``storage.write_parquet``'s defaults, zstd), without a dictionary (``plain``, zstd), or without
-a dictionary and uncompressed (``raw``; float16 embeddings barely compress). The other columns are written as
-the scorer writes them in every case.
+(``scorer``, the default: :func:`mak_ray.score.parts.write_part`, no dictionary and uncompressed), with a
+dictionary (``dictionary``: ``storage.write_parquet``'s defaults, zstd), without a dictionary (``plain``,
+zstd), or without a dictionary in byte-stream-split pages (``raw``, zstd). The other columns, and the target
+embedding output, are written as the scorer and the embedder write them in every case.
 
     python -m bench.bench_select            # N = 200,000 and 2,000,000, K = 20,000
     python -m bench.bench_select --small    # N = 20,000 and 200,000, K = 2,000
@@ -51,12 +52,16 @@ def _emb(rng: np.random.Generator, n: int, centers: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float16).ravel()), DIM)
 
 
-ENCODINGS = ("dictionary", "plain", "raw")
+ENCODINGS = ("scorer", "dictionary", "plain", "raw")
 
 
 def _write_part(table: pa.Table, uri: str, encoding: str) -> None:
     from mak_ray import storage
+    from mak_ray.score.parts import write_part
 
+    if encoding == "scorer":
+        write_part(table, uri)
+        return
     if encoding == "dictionary":
         storage.write_parquet(table, uri)
         return
@@ -69,9 +74,8 @@ def _write_part(table: pa.Table, uri: str, encoding: str) -> None:
     storage.write_bytes(uri, buf.getvalue())
 
 
-def write_run(root: str, n: int, seed: int = 0, encoding: str = "dictionary") -> None:
+def write_run(root: str, n: int, seed: int = 0, encoding: str = "scorer") -> None:
     """A score output of ``n`` rows and a target embedding output under the run folder ``root``."""
-    from mak_ray import storage
     from mak_ray.layout import RunLayout
 
     layout = RunLayout(root)
@@ -106,7 +110,7 @@ def write_run(root: str, n: int, seed: int = 0, encoding: str = "dictionary") ->
             "error": pa.array([None] * TARGET, pa.string()),
         }
     )
-    storage.write_parquet(target, layout.target_embeddings.part("t", "part-0.parquet"))
+    _write_part(target, layout.target_embeddings.part("t", "part-0.parquet"), "scorer")
     open(done_flag, "w").close()
 
 
@@ -136,7 +140,7 @@ def main() -> None:
     ap.add_argument(
         "--embedding-encoding",
         choices=ENCODINGS,
-        default="dictionary",
+        default="scorer",
         help="how the embedding column is written",
     )
     args = ap.parse_args()
@@ -169,7 +173,7 @@ def main() -> None:
     )
     growth = {}
     for n in sizes:
-        name = f"n{n}" + ("" if args.embedding_encoding == "dictionary" else f"-{args.embedding_encoding}")
+        name = f"n{n}-{args.embedding_encoding}"
         root = os.path.abspath(os.path.join(args.data, name))
         write_run(root, n, encoding=args.embedding_encoding)
         layout = RunLayout(root)

@@ -17,6 +17,7 @@ import posixpath
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -275,10 +276,25 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
     return with_retries(uri, "read", lambda: pq.read_table(path, columns=columns, filesystem=fs))
 
 
-def write_parquet(table: pa.Table, uri: str, row_group_size: int | None = None) -> None:
-    """Write a table to one Parquet object, atomically."""
+def write_parquet(
+    table: pa.Table, uri: str, row_group_size: int | None = None, plain: Sequence[str] = ()
+) -> None:
+    """Write a table to one Parquet object, atomically; zstd and dictionary pages, except for the ``plain``
+    columns, written with neither: dense floats (embeddings) rarely repeat a value, so a dictionary only
+    adds a lookup per value when they are read, and compression saves little on them."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size)
+    if plain:
+        names = table.column_names
+        missing = set(plain) - set(names)
+        if missing:
+            raise KeyError(f"plain columns not in the table: {sorted(missing)}")
+        compression: str | dict[str, str] = {c: "NONE" if c in plain else "zstd" for c in names}
+        dictionary: bool | list[str] = [c for c in names if c not in plain]
+    else:
+        compression, dictionary = "zstd", True
+    pq.write_table(
+        table, buf, compression=compression, use_dictionary=dictionary, row_group_size=row_group_size
+    )
     write_bytes(uri, buf.getvalue())
 
 

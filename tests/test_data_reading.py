@@ -219,3 +219,33 @@ def test_big_parquet_files_are_cut_by_row_group(tmp_path):
     want = [f"r{i}" if i != 30 else f"{tmp_path}/a.parquet#row=30" for i in range(40)]
     assert [r["id"] for r in got] == want
     assert [r["error"] for r in got if r["error"]] == ["missing_id"]
+
+
+def test_small_shards_are_packed_into_read_blocks_that_keep_each_shard_whole():
+    from mak_ray.data.dataset import read_blocks
+
+    rows = [1000, 5, 5, 5, 990, 6, None, 3, 3, 1200, 4]
+    units = pa.table(
+        {
+            "shard": [f"s{i}" for i in range(len(rows))],
+            "kind": ["files"] * len(rows),
+            "part": [0] * len(rows),
+            "start": [0] * len(rows),
+            "stop": [0] * len(rows),
+            "rows": pa.array(rows, pa.int64()),
+        }
+    )
+    assert [b.num_rows for b in read_blocks(units)] == [1] * len(rows)  # one shard per block by default
+    blocks = read_blocks(units, 1000)
+    assert [b["shard"].to_pylist() for b in blocks] == [
+        ["s0"],
+        ["s1", "s2", "s3"],  # 15 rows; the 990 of s4 would make 1005
+        ["s4", "s5"],
+        ["s6"],  # unknown size (a tar): alone
+        ["s7", "s8"],
+        ["s9"],  # larger than a block: alone
+        ["s10"],
+    ]
+    many = pa.concat_tables([units.slice(1, 1)] * 10_000)
+    packed = read_blocks(many, 10)  # 5 rows each: two per block, 5,000 blocks, joined down to the cap
+    assert len(packed) == 4096 and sum(b.num_rows for b in packed) == 10_000

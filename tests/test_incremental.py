@@ -58,7 +58,9 @@ def _write(root: str, names: list[str], seed: int) -> None:
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_a_grown_pool_scores_only_its_new_shards(ray_session, model_uri, centroids, tmp_path, request, where):
+def test_a_grown_pool_scores_only_its_new_shards(
+    ray_session, model_uri, centroids, tmp_path, request, where, monkeypatch
+):
     root = str(tmp_path) if where == "local" else request.getfixturevalue("s3_bucket")
     pool = storage.join(root, "pool")
     base = [f"c{c}/img{i:03d}.png" for c in range(3) for i in range(0, 80, 2)]  # 120 images
@@ -74,9 +76,18 @@ def test_a_grown_pool_scores_only_its_new_shards(ray_session, model_uri, centroi
     added = [f"new/img{i:03d}.png" for i in range(6)] + [f"c{i % 3}/img{2 * i + 1:03d}.png" for i in range(6)]
     _write(pool, added, 1)
     from mak_ray.data.manifest import plan_for
+    from mak_ray.score import engine
     from mak_ray.score.engine import shard_delta
 
     delta = shard_delta(plan_for(cfg, pool), ShardedOutput(storage.join(run, "score")))  # what status shows
+    reads: list[list[pa.Table]] = []  # the read blocks of each run (one read/score task each)
+    read_blocks = engine.read_blocks
+
+    def spy(units: pa.Table, block_rows: int | None = None) -> list[pa.Table]:
+        reads.append(read_blocks(units, block_rows))
+        return reads[-1]
+
+    monkeypatch.setattr(engine, "read_blocks", spy)
     grown = score(cfg, model_uri, centroids)
     assert {k: delta[k] for k in ("done", "to_add", "to_remove")} == {
         "done": grown["shards_reused"],
@@ -89,6 +100,11 @@ def test_a_grown_pool_scores_only_its_new_shards(ray_session, model_uri, centroi
     # only the 12 new objects were read and scored; the other rows of the changed shards were carried over
     assert grown["rows_this_run"] == 12 and grown["rows_carried"] > 0
     assert grown["rows_reused"] == 120 and delta["rows_to_remove"] >= grown["rows_carried"]
+    # the residual shards (a few new rows each) share read/score tasks, up to files_per_shard rows per task
+    (blocks,) = reads
+    shards_read = sum(b.num_rows for b in blocks)
+    assert shards_read > 2 and len(blocks) <= 2 < shards_read, [b["rows"].to_pylist() for b in blocks]
+    assert all(sum(b["rows"].to_pylist()) <= 8 for b in blocks)
     assert storage.read_bytes(storage.join(run, "score", "bank.npy")) == bank  # the bank is kept
     kept = table(run).drop_columns(["shard"])
     assert kept.filter(pc.is_in(kept["id"], before["id"])).equals(before)  # old rows carried bit for bit
@@ -111,8 +127,9 @@ def test_a_grown_pool_scores_only_its_new_shards(ray_session, model_uri, centroi
     assert a.column_names == b.column_names and "nn_distance" in a.column_names
     for name in ("id", "shard", "label", "error", "object_version"):
         assert a[name].equals(b[name]), name
-    # The rows scored in this run came through the model in blocks of their own (a shard's new objects),
-    # the fresh run's in blocks of other sizes; CPU kernels for batches of 1-3 rows round differently.
+    # The rows scored in this run came through the model in blocks of their own (the changed shards' new
+    # objects), the fresh run's in blocks of other sizes; CPU kernels for batches of 1-3 rows round
+    # differently.
     for name in ("ecle", "proximity", "nn_distance"):
         x, y = a[name].to_numpy(zero_copy_only=False), b[name].to_numpy(zero_copy_only=False)
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6, err_msg=name)

@@ -336,3 +336,55 @@ def test_a_parquet_file_cut_by_row_group_reads_as_a_whole(ray_session, model_uri
         outs[rows] = table(out).drop_columns(["shard"])
     assert outs[16].equals(outs[1000])
     assert set(outs[16].filter(pc.equal(outs[16]["id"], "x3"))["error"].to_pylist()) == {None, "duplicate_id"}
+
+
+def test_the_embedding_column_is_written_plain_and_older_encodings_still_read(tmp_path):
+    """Part files store the embedding without dictionary or compression (the other columns keep zstd and
+    dictionaries); a part written the earlier way (dictionary, zstd) reads the same beside it."""
+    from mak_ray.score.parts import write_parts
+
+    out = ShardedOutput(str(tmp_path / "score"))
+    rng = np.random.default_rng(0)
+    n, dim = 6, 8
+    emb = rng.standard_normal((n, dim)).astype(np.float32)
+    cols = {
+        "id": np.array([f"img{i}" for i in range(n)], dtype=object),
+        "shard": np.array(["s0"] * 3 + ["s1"] * 3, dtype=object),
+        "row": np.array([0, 1, 2, 0, 1, 2], dtype=np.int64),
+        "shard_rows": np.array([0, 0, 3, 0, 0, 3], dtype=np.int64),
+        "label": np.array(["a"] * n, dtype=object),
+        "error": np.array([None] * (n - 1) + ["read_error:x"], dtype=object),
+        "object_version": np.array(["1:"] * n, dtype=object),
+        "ecle": rng.standard_normal(n).astype(np.float32),
+        "proximity": rng.standard_normal(n).astype(np.float32),
+        "nn_distance": rng.standard_normal(n).astype(np.float32),
+        "embedding": emb,
+    }
+    write_parts(cols, out, "float16")
+    files = storage.list_files(out.root, (".parquet",))
+    assert len(files) == 2
+    for f in files:
+        meta = pq.ParquetFile(f).metadata.row_group(0)
+        by_path = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+        (leaf,) = [p for p in by_path if p.startswith("embedding.")]
+        assert by_path[leaf].compression == "UNCOMPRESSED"
+        assert not by_path[leaf].has_dictionary_page
+        assert not {"RLE_DICTIONARY", "PLAIN_DICTIONARY"} & set(by_path[leaf].encodings)
+        assert by_path["id"].compression == "ZSTD" and by_path["id"].has_dictionary_page
+        assert by_path["ecle"].compression == "ZSTD"
+
+    # an older part (the whole table dictionary-encoded and zstd) in a third shard
+    old = pq.read_table(files[0])
+    old = old.set_column(old.schema.get_field_index("shard"), "shard", pa.array(["s2"] * 3))
+    old = old.set_column(old.schema.get_field_index("id"), "id", pa.array(["old0", "old1", "old2"]))
+    buf = io.BytesIO()
+    pq.write_table(old, buf, compression="zstd", use_dictionary=True)
+    old_uri = out.part("s2", "part-000000000-old.parquet")
+    storage.write_bytes(old_uri, buf.getvalue())
+    meta = pq.ParquetFile(old_uri).metadata.row_group(0)
+    assert meta.column(old.schema.get_field_index("embedding")).has_dictionary_page
+    ids, _, got = load_valid_embeddings(out.root, with_ids=True)
+    want = emb[:5].astype(np.float16).astype(np.float32)
+    assert list(ids) == ["img0", "img1", "img2", "img3", "img4", "old0", "old1", "old2"]
+    np.testing.assert_array_equal(got, np.concatenate([want, want[:3]]))
+    np.testing.assert_array_equal(load_embeddings(out.root, ["old1", "img4"]), want[[1, 4]])

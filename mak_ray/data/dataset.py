@@ -1,8 +1,8 @@
-"""Shards -> a Ray Dataset of decoded rows, one read task per shard, errors captured per row.
+"""Shards -> a Ray Dataset of decoded rows, one read task per block of shards, errors captured per row.
 
 ``ray.data.read_images`` aborts the whole job on one corrupt file, so bytes are read and decoded here, in
 ``map_batches`` over a dataset of shard-index rows (id, kind, manifest part, row range: a few dozen bytes
-each); each read task loads its shard's members from the manifest itself. Each shard streams out in batches
+each); each read task loads its shards' members from the manifest itself. Each shard streams out in batches
 of rows:
 
     id (str), image (uint8 [h, w, 3] frame, see decode_frame; [1, 1, 3] zeros when the row failed),
@@ -158,29 +158,51 @@ def _read_units(
         yield from read_shard(load_shard(unit, parts), section, batch_rows, owners)
 
 
-def _blocks(units: pa.Table) -> list[pa.Table]:
-    """The shard index cut into read blocks: one shard each, or consecutive runs when there are more shards
-    than ``MAX_READ_BLOCKS``."""
+def read_blocks(units: pa.Table, block_rows: int | None = None) -> list[pa.Table]:
+    """The shard index cut into read blocks, one read task each.
+
+    Without ``block_rows``, one shard per block. With it, consecutive shards are packed into one block while
+    their rows add up to at most ``block_rows``: each read task costs the scheduler about the same whatever
+    its size, so many small shards (a grown pool's residual shards, small sub-folders) share a few tasks
+    instead of each paying for its own. A shard of unknown size (tar) or of ``block_rows`` or more is a
+    block of its own. Either way, when there are more blocks than ``MAX_READ_BLOCKS`` consecutive ones are
+    joined, keeping the driver's metadata small. Every shard stays whole within one block."""
     n = units.num_rows
-    bounds = np.linspace(0, n, min(n, MAX_READ_BLOCKS) + 1).astype(int)
-    return [units.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    if block_rows is None:
+        starts = np.arange(n)
+    else:
+        rows = pc.fill_null(units.column("rows"), block_rows).to_numpy().astype(np.int64)
+        starts_list: list[int] = []
+        held = block_rows  # rows in the block being filled: a full one makes the first shard start a block
+        for i, r in enumerate(rows.tolist()):
+            if held + r > block_rows:
+                starts_list.append(i)
+                held = 0
+            held += r
+        starts = np.array(starts_list, dtype=np.int64)
+    if len(starts) > MAX_READ_BLOCKS:
+        starts = starts[np.linspace(0, len(starts), MAX_READ_BLOCKS, endpoint=False).astype(int)]
+    bounds = np.append(starts, n)
+    return [units.slice(a, b - a) for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()) if b > a]
 
 
 def image_dataset(
-    units: pa.Table,
+    units: pa.Table | list[pa.Table],
     parts: list[str],
     data: DataSection,
     batch_rows: int | None = None,
     owners: dict[bytes, str] | None = None,
 ):
     """A lazy Ray Dataset of decoded rows over the shards of ``units`` (shard-index rows: ``UNIT_COLUMNS``,
-    ``part`` indexing ``parts``); nothing is read until it is consumed.
+    ``part`` indexing ``parts``; or that index already cut into read blocks by :func:`read_blocks`); nothing
+    is read until it is consumed.
 
     ``batch_rows``: rows per table the read yields (default 256, fewer for large images). Ray joins a read
     task's tables into blocks of up to ``DataContext.target_max_block_size``, so a consumer that wants
     batches of a given size must ask ``map_batches`` for them, or slice the blocks itself as the scorer
-    does. One read task per shard (``batch_size=1`` over shard descriptions); a downstream ``map_batches``
-    with a row ``batch_size`` that fuses with this read makes Ray bundle that many *shards* into one task.
+    does. One read task per block (a table of ``units``: one shard each), reading its shards in turn
+    (``batch_size=1`` over shard descriptions); a downstream ``map_batches`` with a row ``batch_size`` that
+    fuses with this read makes Ray bundle that many *blocks* into one task.
     ``owners``: see the module docstring; pass the map computed over *all* planned shards, even when
     ``shards`` is a subset, so every run fails the same rows.
     """
@@ -188,10 +210,11 @@ def image_dataset(
 
     import ray
 
-    units = units.select(list(UNIT_COLUMNS))
-    if units.num_rows == 0:
+    blocks = read_blocks(units) if isinstance(units, pa.Table) else units
+    blocks = [b.select(list(UNIT_COLUMNS)) for b in blocks if b.num_rows]
+    if not blocks:
         raise ValueError("no shards to read")
-    ds = ray.data.from_arrow(_blocks(units))
+    ds = ray.data.from_arrow(blocks)
     return ds.map_batches(
         _read_units,
         batch_size=1,

@@ -37,7 +37,7 @@ from mak_ray.data.listing import PART_ROW_GROUP
 from mak_ray.data.manifest import read_rows
 from mak_ray.data.sources import UNIT_COLUMNS, object_versions
 from mak_ray.layout import ShardedOutput
-from mak_ray.score.parts import part_name
+from mak_ray.score.parts import part_name, write_part
 
 SHARDS_PER_TASK = 16
 MAX_IN_FLIGHT = 16
@@ -148,7 +148,7 @@ def _carry_shard(
     )
     rest = members.filter(pc.invert(pc.is_in(ids, value_set=carried["id"])))
     k = rest.num_rows
-    storage.write_parquet(carried, out.part(sid, part_name(np.arange(k, k + carried.num_rows))))
+    write_part(carried, out.part(sid, part_name(np.arange(k, k + carried.num_rows))))
     failed = collections.Counter(e for e in carried["error"].to_pylist() if e is not None)
     record = {
         "shard": sid,

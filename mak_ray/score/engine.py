@@ -8,19 +8,22 @@ records, adds them up per shard in flight and writes the markers of finished sha
 (:mod:`mak_ray.score.markers`).
 
 Throughput on few CPUs: when the read tasks and the actors ask for the same CPU share, Ray fuses the read
-into the actors, so one actor call reads and scores one shard with no copy in between. The scorer's
-``map_batches`` therefore takes the blocks as they come (``batch_size=None``): a row batch size there would
-make Ray bundle that many *shard descriptions* into one fused task, and one actor would read and score
-every shard while the others idle. The scorer slices each block into ``score.batch_size`` rows itself.
-Writing inside the actor avoids a third kind of process on the CPUs, an object-store copy of the outputs
-and a cold write worker after the last batch.
+into the actors, so one actor call reads and scores one read block (one shard, or several small ones) with
+no copy in between. The scorer's ``map_batches`` therefore takes the blocks as they come
+(``batch_size=None``): a row batch size there would make Ray bundle that many *read blocks* into one fused
+task, and one actor would read and score every shard while the others idle. The scorer slices each block
+into ``score.batch_size`` rows itself. Writing inside the actor avoids a third kind of process on the CPUs,
+an object-store copy of the outputs and a cold write worker after the last batch.
 
 Incremental: a shard's id depends only on its own objects, and ``params.json`` records what every row
 depends on (the model's digest, the negative bank's and the centroids' digests, the scoring settings). A
 rerun with the same params keeps every finished shard that is still planned; into each new shard it first
 carries the rows of its objects that an old shard (finished, no longer planned) holds unchanged
 (:mod:`mak_ray.score.carry`), then reads and scores only the rest, and finally removes the old shards' output
-(a grown or shrunk pool costs only its change, even when new objects fall among existing names); a rerun
+(a grown or shrunk pool costs only its change, even when new objects fall among existing names). Shards are
+read in blocks of up to ``data.files_per_shard`` rows (:func:`mak_ray.data.dataset.read_blocks`), so the
+many small residual shards of a pool grown among its names share a few read/score tasks instead of paying
+the scheduler's per-task cost each; every row still lands in its own shard's part files. A rerun
 with other params starts the output afresh, saying which field changed.
 
 No duplicates, ever: before a run, every shard without a marker loses its partial output; part names are
@@ -51,6 +54,7 @@ import pyarrow.compute as pc
 from mak_ray import storage
 from mak_ray.config import MakConfig
 from mak_ray.data import Plan, image_dataset
+from mak_ray.data.dataset import read_blocks
 from mak_ray.data.duplicates import cross_shard_owners
 from mak_ray.data.manifest import plan_for
 from mak_ray.layout import ShardedOutput
@@ -335,11 +339,14 @@ def _run(
     t0, wall0 = time.monotonic(), time.time()
     units = plan.shard_table()
     kept, old, delta = _prepare(out, units, params)
+    phases = {"prepare": time.monotonic() - t0}
     todo = units.filter(pc.invert(pc.is_in(units["shard"], value_set=kept.column("shard"))))
     what = f"{actor.__name__.lower()} {out.root}"
     progress = _Progress(out, todo, cfg.score.log_every_s, what)
     residual = residual_dir(plan.manifest, out)
+    t = time.monotonic()
     carried = carry_over(out, todo, plan.part_uris, old, residual)
+    phases["carry"] = time.monotonic() - t
     for sid, n, failed, first, last, rest in zip(
         *(carried.records[c].to_pylist() for c in RECORD_SCHEMA.names)
     ):
@@ -363,11 +370,13 @@ def _run(
         carried.records.num_rows,
         delta["removed"],
     )
+    t, launch = time.monotonic(), time.time()
     if reads.num_rows:
         ctor = {**ctor, "write": {"out_uri": out.root}}
         owners = cross_shard_owners(units, plan.part_uris, cfg.data)  # all shards: reruns fail the same rows
-        ds = image_dataset(reads, parts, cfg.data, owners=owners)
-        records = map_actors(ds, cfg, actor, ctor, shards=reads.num_rows)
+        blocks = read_blocks(reads, cfg.data.files_per_shard)  # small (residual) shards share read tasks
+        ds = image_dataset(blocks, parts, cfg.data, owners=owners)
+        records = map_actors(ds, cfg, actor, ctor, shards=len(blocks))
         for batch in records.iter_batches(batch_size=None, batch_format="numpy"):
             for sid, n, failed, total, rss, ready, first, last in zip(*(batch[c] for c in RECORD_COLUMNS)):
                 progress.add(
@@ -383,11 +392,16 @@ def _run(
                     f"shard {sid}: {progress.rows[sid]} rows written, {progress.total[sid]} read"
                 )
             progress.finish(sid, known)
+    phases["read_score"] = time.monotonic() - t
+    if np.isfinite(progress.first_ready):
+        phases["actor_start"] = progress.first_ready - launch
+    t = time.monotonic()
     progress.markers.flush()
     if todo.num_rows:
         progress.log_line(time.monotonic())
     _remove_old(out, old, units.column("shard"))
     storage.delete(residual)
+    phases["finish"] = time.monotonic() - t
     inputs, scored, by_reason = markers.totals(kept)
     reused_rows = inputs
     inputs, scored = inputs + progress.inputs, scored + progress.scored
@@ -414,6 +428,7 @@ def _run(
         "rows_reused": reused_rows + progress.carried_rows,
         "rows_carried": progress.carried_rows,
         "rows_this_run": progress.inputs - progress.carried_rows,
+        "phase_seconds": {k: round(v, 3) for k, v in phases.items()},
     }
     return _summarise(out, summary, seconds, progress.actor_rss, startup)
 
@@ -427,7 +442,10 @@ def _summarise(
 ) -> dict:
     """``images_per_s`` is end to end (this run's rows over all of ``seconds``). ``startup_seconds``: from the
     start of the run until the first scoring actor had its model loaded (worker start, imports, model load);
-    ``steady_images_per_s`` counts the rows over the rest of the run only."""
+    ``steady_images_per_s`` counts the rows over the rest of the run only. ``phase_seconds``: preparing the
+    output (markers, removals), the carry-over, reading and scoring (``actor_start`` of it: from the actor
+    pool's launch until its first actor had its model loaded, absent when nothing was read) and the finish
+    (markers, removing the old shards)."""
     inputs, scored, failed = summary["inputs"], summary["scored"], summary["failed"]
     if inputs != scored + failed:
         raise RuntimeError(

@@ -6,7 +6,9 @@ the end of the run. Part names are a function of the rows they hold, so a retrie
 than adds. Each call returns one small accounting record per file for the driver (with the smallest and
 largest id of the file: a shard's id range, kept in its marker, tells a later run which old shards may hold
 a changed shard's objects, see :mod:`mak_ray.score.carry`). Each row records its object's version
-(``object_version``), so that a later run can carry it over while the object is unchanged.
+(``object_version``), so that a later run can carry it over while the object is unchanged. The embedding
+column is stored plain (no dictionary, no compression, see ``PLAIN_COLUMNS``); outputs written with other
+encodings read the same.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ from mak_ray import storage
 from mak_ray.layout import ShardedOutput
 
 RECORD_COLUMNS = ("shard", "n", "failed", "total", "max_rss", "ready_at", "first", "last")
+# Written without dictionary or compression: reading the embeddings dominates the select stage, and a
+# dictionary on float16 values that rarely repeat costs a lookup per value for a few percent of size.
+PLAIN_COLUMNS = ("embedding",)
+
+
+def write_part(table: pa.Table, uri: str) -> None:
+    """One part file of a score/embed output (every writer of part files goes through here)."""
+    storage.write_parquet(table, uri, plain=[c for c in PLAIN_COLUMNS if c in table.column_names])
 
 
 def part_name(rows: np.ndarray) -> str:
@@ -75,7 +85,7 @@ def write_parts(
         m = np.flatnonzero(shards == sid)
         m = m[np.argsort(cols["row"][m], kind="stable")]
         part = {k: v[m] for k, v in cols.items()}
-        storage.write_parquet(_table(part, emb_dtype), out.part(sid, part_name(part["row"])))
+        write_part(_table(part, emb_dtype), out.part(sid, part_name(part["row"])))
         reasons = collections.Counter(str(e) for e in part["error"] if e is not None)
         rec["shard"].append(sid)
         rec["n"].append(len(m))
