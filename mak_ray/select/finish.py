@@ -112,13 +112,15 @@ def _sample(uris: list[str], cut: Cut, size: int, seed: int) -> np.ndarray:
     per_file = max(1, -(-size // len(files)))
     parts = []
     for uri in files:
-        emb = (
-            embeddings_matrix(load_candidates([uri], cut).column("embedding"))
-            if storage.exists(uri)
-            else None
+        if not storage.exists(uri):
+            continue
+        t = storage.read_parquet(uri, columns=["key", "file", "row", "embedding"])
+        keep = np.flatnonzero(
+            cut.mask(t.column("key").to_numpy(), t.column("file").to_numpy(), t.column("row").to_numpy())
         )
-        if emb is not None and len(emb):
-            parts.append(emb[rng.choice(len(emb), min(len(emb), per_file), replace=False)])
+        if len(keep):  # only the sampled rows' embeddings are converted
+            rows = np.sort(rng.choice(keep, min(len(keep), per_file), replace=False))
+            parts.append(embeddings_matrix(t.column("embedding").take(pa.array(rows))))
     return np.concatenate(parts)
 
 
