@@ -49,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(sub.add_parser("pipeline", help=PIPELINE_HELP, description=PIPELINE_HELP), dry_run=True)
     _add_config_args(sub.add_parser("status", help=STATUS_HELP, description=STATUS_HELP))
     demo = sub.add_parser("demo", help="build the Fashion-MNIST demo data, then run the pipeline on it")
-    demo.add_argument("--preset", default="small", help="tiny (generated data), small (2 CPUs, 15 min), nearood (2 CPUs, ~1 h: the method at work), medium, full")
+    demo.add_argument(
+        "--preset",
+        default="small",
+        help="tiny (generated data), small (2 CPUs, 15 min), nearood (2 CPUs, ~1 h: the method at work), medium, full",
+    )
     demo.add_argument(
         "--data-only", action="store_true", help="build the demo data only (the paths configs/PRESET names)"
     )
