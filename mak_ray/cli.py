@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--preset",
         default="small",
-        help="tiny (generated data), small (2 CPUs, 15 min), nearood (2 CPUs, ~1 h: the method at work), medium, full",
+        help="tiny (generated data), small (2 CPUs, 15 min), nearood (2 CPUs, ~80 min: the method at work), medium, full",
     )
     demo.add_argument(
         "--data-only", action="store_true", help="build the demo data only (the paths configs/PRESET names)"
