@@ -46,6 +46,7 @@ EXCLUDES = [
     ".ruff_cache",
 ]
 JOB_TIMEOUT_S = 8 * 60
+PIPELINE_JOB_TIMEOUT_S = 15 * 60  # every stage of the tiny pipeline: ~7 min on 2 CPUs shared with other jobs
 
 
 @dataclass
@@ -243,6 +244,7 @@ def test_smoke_job_runs_in_venv_and_reaches_s3(
     assert "runtime_resources/working_dir_files/" in line, line
 
 
+@pytest.mark.timeout(PIPELINE_JOB_TIMEOUT_S + 300)
 def test_pipeline_job_on_s3(
     ray_cluster: LocalCluster, s3_bucket: str, s3_endpoint: str, tmp_path: Path
 ) -> None:
@@ -277,7 +279,7 @@ def test_pipeline_job_on_s3(
     job_id = submit(
         ray_cluster, ["python", "-m", "jobs.pipeline", "--config", "configs/tiny.yaml", *overrides]
     )
-    status, logs = wait_for_job(ray_cluster, job_id)
+    status, logs = wait_for_job(ray_cluster, job_id, timeout_s=PIPELINE_JOB_TIMEOUT_S)
     seconds = time.monotonic() - t0
     ended = "timed out" if status in ("RUNNING", "PENDING") else f"ended {status}"
     assert status == "SUCCEEDED", f"job {job_id} {ended} after {seconds:.0f} s; logs:\n{logs[-20000:]}"
