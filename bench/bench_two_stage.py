@@ -93,7 +93,7 @@ def _write(root: str, n: int, files: int) -> list[str]:
     return write_candidate_files(root, make_embeddings(n, 128, seed=0), files)
 
 
-def _spec(n: int, k: int, shards: int) -> FinishSpec:
+def spec_over_files(n: int, k: int, shards: int) -> FinishSpec:
     """The finish step's spec for two-stage K-center over every row of the candidate files."""
     return FinishSpec(
         method="mak",
@@ -135,14 +135,14 @@ def main() -> None:
             uris = pool.apply(_write, (root, n, args.files))
             warm_uris = pool.apply(_write, (warm_root, WARM_N, 2))
         target = make_embeddings(m, 128, seed=1, cluster_ids=np.arange(0, 100, 2))
-        spec = _spec(n, k, args.shards)
+        spec = spec_over_files(n, k, args.shards)
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             ray.get(ray.remote(lambda: 0).remote())  # warm a worker so start-up is not billed to two-stage
             # a tiny run first loads the stage's libraries (Parquet reader, faiss, actor classes) in the driver
             warm_before = current_rss()
-            two_stage(_spec(WARM_N, WARM_N // 10, args.shards), warm_uris, target)
+            two_stage(spec_over_files(WARM_N, WARM_N // 10, args.shards), warm_uris, target)
             warm_growth = (current_rss() - warm_before) / 1e6
             print(
                 f"two-stage K-center over candidate files: k={k:,} over N={n:,} x 128 (float16 in "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -136,9 +135,8 @@ def test_file_two_stage_keeps_the_candidates_out_of_the_caller(tmp_path, ray_ses
     nothing in the object store, and the bound it reports covers every candidate."""
     import ray
 
-    from bench.bench_two_stage import positions, write_candidate_files
-    from mak_ray.select.cut import Cut
-    from mak_ray.select.finish import FinishSpec, two_stage
+    from bench.bench_two_stage import positions, spec_over_files, write_candidate_files
+    from mak_ray.select.finish import two_stage
 
     n, k, dim = 900, 60, 16
     x = clustered(n, 11, d=dim)
@@ -159,17 +157,7 @@ def test_file_two_stage_keeps_the_candidates_out_of_the_caller(tmp_path, ray_ses
 
     monkeypatch.setattr(ray, "get", get)
     monkeypatch.setattr(ray, "put", put_)
-    spec = FinishSpec(
-        method="mak",
-        k=k,
-        n_candidates=n,
-        cut=Cut(min_key=-math.inf),
-        stats={},
-        loss_weight=0.5,
-        target_root="",
-        device="cpu",
-        shards=3,
-    )
+    spec = spec_over_files(n, k, 3)
     chosen, radii, info = two_stage(spec, uris, target)
     monkeypatch.undo()
     assert put == []
